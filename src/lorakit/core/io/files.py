@@ -1,0 +1,206 @@
+"""Saving and loading adapter directories (adapter_config.json + adapter_model.safetensors + lorakit.json).
+
+With io/peft.py, this is the only code that knows PEFT's file format.
+
+Our spellings (rank, alpha, dropout, targets) map to PEFT's (r, lora_alpha, lora_dropout, target_modules) here and
+nowhere else. lorakit's extra facts (fused slices, base fingerprint, our config) go in lorakit.json beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from lorakit.core.config import LoraConfig
+from lorakit.core.errors import AdapterFileError
+from lorakit.core.inject import inject_factors, set_trainable, state_of, wrappers
+from lorakit.core.io import peft as peft_keys
+from lorakit.core.layers_extra import SavedModule
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+LORAKIT_FILE = "lorakit.json"
+PREFIX = "base_model.model."
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write bytes to `path` via a temp file in the same directory and os.replace, so readers never see half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fingerprint(model: nn.Module) -> dict:
+    """Architecture facts an adapter depends on; compared on load to catch adapters for another base model."""
+    cfg = getattr(model, "config", None)
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "n_embd", "n_layer")
+    return {k: getattr(cfg, k) for k in keys if cfg is not None and getattr(cfg, k, None) is not None}
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "default") -> Path:
+    """Write adapter `name` as a PEFT LoRA directory (loadable by peft.PeftModel.from_pretrained); atomic per file."""
+    state = state_of(model)
+    state.require(name)
+    config = state.configs[name]
+    tensors: dict[str, torch.Tensor] = {}
+    ranks: dict[str, int] = {}
+    alphas: dict[str, float] = {}
+    slices: dict[str, list[bool]] = {}
+    saved: list[str] = []
+    fan_in_fan_out = False
+    for path, m in wrappers(model):
+        if isinstance(m, SavedModule):
+            if name in m.copies:
+                saved.append(path)
+                for k, v in m.copies[name].state_dict().items():
+                    tensors[f"{PREFIX}{path}.{k}"] = v
+            continue
+        if name not in m.lora_A:
+            continue
+        a, b = peft_keys.export_factors(m, name)
+        for key, t in peft_keys.lora_keys(path, m, a, b).items():
+            tensors[PREFIX + key] = t
+        r = a.shape[0]
+        ranks[path] = r
+        alphas[path] = m.scaling[name] * (math.sqrt(r) if config.rslora else r)
+        fan_in_fan_out |= bool(getattr(m, "transposed", False))
+        if getattr(m, "slices", None):
+            slices[path] = list(m.slices)
+    for pname, p in model.named_parameters():
+        if peft_keys.is_trained_bias(pname, config.bias, ranks):
+            tensors[PREFIX + pname] = p
+    rank_pattern = {p: r for p, r in ranks.items() if r != config.rank}
+    alpha_pattern = {p: a for p, a in alphas.items() if not math.isclose(a, config.alpha, rel_tol=1e-6)}
+    peft_config = {
+        "peft_type": "LORA",
+        "task_type": peft_keys.task_type(model),
+        "base_model_name_or_path": getattr(getattr(model, "config", None), "_name_or_path", None) or None,
+        "r": config.rank,
+        "lora_alpha": config.alpha,
+        "lora_dropout": config.dropout,
+        "target_modules": sorted(ranks),
+        "bias": config.bias,
+        "fan_in_fan_out": fan_in_fan_out,
+        "use_rslora": config.rslora,
+        "modules_to_save": saved or None,
+        "init_lora_weights": "gaussian" if config.init == "gaussian" else True,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "use_dora": False,
+        "inference_mode": True,
+        "revision": None,
+    }
+    meta = {
+        "format": "lorakit-adapter/1",
+        "name": name,
+        "config": config.to_dict(),
+        "slices": slices,
+        "base": fingerprint(model),
+        "pissa_converted": config.init == "pissa",
+    }
+    out = Path(directory)
+    data = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    atomic_write(out / WEIGHTS_FILE, st_save(data, metadata={"format": "pt"}))
+    atomic_write(out / LORAKIT_FILE, json.dumps(meta, indent=2).encode())
+    atomic_write(out / CONFIG_FILE, json.dumps(peft_config, indent=2).encode())
+    return out
+
+
+def read_adapter(directory: str | os.PathLike) -> tuple[dict, dict, dict[str, torch.Tensor]]:
+    """(PEFT config, lorakit metadata or {}, tensors) of an adapter directory, with clear errors for bad files."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise AdapterFileError(f"adapter directory {d} does not exist; pass the folder holding {CONFIG_FILE}")
+    config = _read_json(d / CONFIG_FILE, required=True)
+    meta = _read_json(d / LORAKIT_FILE, required=False)
+    wpath = d / WEIGHTS_FILE
+    if not wpath.exists():
+        if (d / "adapter_model.bin").exists():
+            raise AdapterFileError(
+                f"{d} holds adapter_model.bin, a pickle file; lorakit never unpickles weights. Convert it with "
+                f"PEFT in a trusted environment (save_pretrained(..., safe_serialization=True))"
+            )
+        raise AdapterFileError(f"{wpath} is missing; an adapter directory needs {WEIGHTS_FILE}")
+    try:
+        tensors = st_load(wpath.read_bytes())
+    except Exception as e:  # safetensors raises several types for truncated or foreign files
+        raise AdapterFileError(
+            f"{wpath} is not a valid safetensors file (truncated or corrupted?): {e}. Re-save the adapter."
+        ) from e
+    peft_keys.check_config(config, d / CONFIG_FILE)
+    return config, meta, tensors
+
+
+def _read_json(path: Path, required: bool) -> dict:
+    if not path.exists():
+        if required:
+            raise AdapterFileError(f"{path} is missing; is {path.parent} a LoRA adapter directory?")
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterFileError(f"{path} is not valid JSON ({e}); re-save the adapter") from e
+    if not isinstance(data, dict):
+        raise AdapterFileError(f"{path} must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+def load_adapter(
+    model: nn.Module, directory: str | os.PathLike, name: str | None = None, trainable: bool = False
+) -> str:
+    """Load a PEFT/lorakit LoRA directory onto `model` (plain or already wrapped) as adapter `name`; returns it.
+
+    Everything is checked (keys, shapes, base model) before the model is touched, so a refused load changes
+    nothing. The first adapter on a model becomes active; with trainable=True this adapter's parameters train.
+    """
+    config, meta, tensors = read_adapter(directory)
+    state = getattr(model, "_lorakit", None)
+    taken = set(state.configs) if state is not None else set()
+    if name is None:
+        name = next(n for n in ("default", Path(directory).resolve().name, f"adapter{len(taken)}") if n not in taken)
+    plan = peft_keys.plan_load(model, config, meta, tensors, fingerprint(model), Path(directory))
+    lora_config = LoraConfig(
+        rank=int(config.get("r", 8)),
+        alpha=float(config.get("lora_alpha", 8)),
+        dropout=float(config.get("lora_dropout", 0.0) or 0.0),
+        targets=tuple(plan.modules),
+        bias=config.get("bias", "none"),
+        rslora=bool(config.get("use_rslora", False)),
+        modules_to_save=tuple(plan.saved),
+        slices={p: tuple(s) for p, s in plan.slices.items()},
+        init="gaussian" if config.get("init_lora_weights") == "gaussian" else "kaiming",
+    )
+    fresh = state is None
+    inject_factors(model, lora_config, name, plan.modules)
+    with torch.no_grad():
+        for path, sd in plan.saved.items():
+            model.get_submodule(path).copies[name].load_state_dict(sd)
+        params = {peft_keys.plain_name(n): p for n, p in model.named_parameters()}
+        for pname, t in plan.biases.items():
+            params[pname].copy_(t)
+    state = state_of(model)
+    state.base_names[name] = config.get("base_model_name_or_path") or ""
+    if trainable:
+        set_trainable(model, name)
+    elif fresh:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    return name

@@ -1,0 +1,261 @@
+"""PEFT's key names and config fields, both ways (with io/files.py, the only code that knows PEFT's format)."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lorakit.core.errors import AdapterFileError
+from lorakit.core.layers import is_wrapper
+from lorakit.core.layers_extra import LoraEmbedding, SavedModule
+from lorakit.core.targets import kind_of, matches
+
+PREFIX = "base_model.model."
+# Keys PEFT (0.x up to 0.21) writes in a LoRA adapter_config.json. Anything else is refused as unknown.
+KNOWN_KEYS = {
+    "peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping", "r",
+    "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "fan_in_fan_out", "bias", "use_rslora",
+    "modules_to_save", "init_lora_weights", "layers_to_transform", "layers_pattern", "rank_pattern",
+    "alpha_pattern", "megatron_config", "megatron_core", "loftq_config", "eva_config", "corda_config", "use_dora",
+    "layer_replication", "runtime_config", "lora_bias", "target_parameters", "trainable_token_indices",
+    "ensure_weight_tying", "use_qalora", "qalora_group_size", "alora_invocation_tokens", "arrow_config",
+    "lora_ga_config", "kasa_config", "monteclora_config", "velora_config", "use_bdlora", "peft_version",
+    "enable_lora",
+}
+# Features that change the math; loading such a file as plain LoRA would give wrong outputs.
+UNSUPPORTED = {
+    "use_dora": "DoRA", "use_qalora": "QALoRA", "use_bdlora": "BD-LoRA", "lora_bias": "LoRA bias terms",
+    "layer_replication": "layer replication", "target_parameters": "parameter targeting",
+    "trainable_token_indices": "trainable tokens", "alora_invocation_tokens": "aLoRA", "arrow_config": "Arrow",
+    "kasa_config": "KaSA", "monteclora_config": "MonteCLoRA", "velora_config": "VeLoRA",
+}
+
+
+def check_config(config: dict, path: Path) -> None:
+    """Refuse configs that are not plain LoRA, name unknown keys, or carry wrong types; list every problem."""
+    problems: list[str] = []
+    if config.get("peft_type") != "LORA":
+        problems.append(f"peft_type is {config.get('peft_type')!r}; lorakit loads LoRA adapters (peft_type 'LORA')")
+    unknown = sorted(set(config) - KNOWN_KEYS)
+    if unknown:
+        problems.append(f"unknown keys {unknown} (written by a newer PEFT, or not a LoRA config)")
+    for key, what in UNSUPPORTED.items():
+        if config.get(key) not in (None, False, [], {}, ""):
+            problems.append(f"{key}={config[key]!r}: {what} is not supported by lorakit")
+    r = config.get("r")
+    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+        problems.append(f"r must be a positive integer, got {r!r}")
+    alpha = config.get("lora_alpha")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
+        problems.append(f"lora_alpha must be a positive number, got {alpha!r}")
+    if config.get("bias", "none") not in ("none", "all", "lora_only"):
+        problems.append(f"bias must be none, all or lora_only, got {config.get('bias')!r}")
+    for key in ("rank_pattern", "alpha_pattern"):
+        if not isinstance(config.get(key) or {}, dict):
+            problems.append(f"{key} must be a JSON object")
+    if problems:
+        raise AdapterFileError(f"{path} cannot be loaded:\n  - " + "\n  - ".join(problems))
+
+
+def pattern_value(pattern: dict, path: str, default):
+    """PEFT's rank_pattern/alpha_pattern lookup: the first key k with re.match(rf"(.*\\.)?({k})$", path)."""
+    for k, v in pattern.items():
+        if re.match(rf"(.*\.)?({k})$", path):
+            return v
+    return default
+
+
+def task_type(model: nn.Module) -> str | None:
+    """PEFT's task_type for a transformers model class, or None for a plain model."""
+    cls = type(model).__name__
+    for suffix, task in (("ForCausalLM", "CAUSAL_LM"), ("ForSequenceClassification", "SEQ_CLS"),
+                         ("ForTokenClassification", "TOKEN_CLS"), ("ForQuestionAnswering", "QUESTION_ANS"),
+                         ("ForConditionalGeneration", "SEQ_2_SEQ_LM")):
+        if cls.endswith(suffix):
+            return task
+    return None
+
+
+def export_factors(m: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) as PEFT stores them for one wrapped module.
+
+    Fused slices become one block-structured LoRA of rank k·r whose ΔW equals ours exactly (B is zero outside
+    each slice's block). A PiSSA adapter is saved as the rank-2r LoRA [A; A0], [B, -B0] whose ΔW is what
+    training added on top of the original weights, so it loads on the unmodified base model (as PEFT does).
+    """
+    a, b = m.lora_A[name].detach(), m.lora_B[name].detach()
+    slices = getattr(m, "slices", None)
+    if slices:
+        k, p = len(m.enabled), m.part_size
+        r = a.shape[0] // k
+        block = torch.zeros(m.out_features, k * r, dtype=b.dtype, device=b.device)
+        for j, e in enumerate(m.enabled):
+            block[e * p : (e + 1) * p, j * r : (j + 1) * r] = b[j * p : (j + 1) * p]
+        b = block
+    if name in getattr(m, "pissa", {}):
+        a0, b0 = m.pissa[name]
+        a, b = torch.cat([a, a0.to(a.dtype)], 0), torch.cat([b, -b0.to(b.dtype)], 1)
+    return a, b
+
+
+def lora_keys(path: str, m: nn.Module, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+    if isinstance(m, LoraEmbedding):
+        return {f"{path}.lora_embedding_A": a, f"{path}.lora_embedding_B": b}
+    return {f"{path}.lora_A.weight": a, f"{path}.lora_B.weight": b}
+
+
+def is_trained_bias(pname: str, mode: str, adapted: dict) -> bool:
+    if mode == "none" or not pname.endswith("bias") or ".lora_" in pname or ".copies." in pname:
+        return False
+    if mode == "all":
+        return True
+    return pname.endswith(".base_layer.bias") and pname[: -len(".base_layer.bias")] in adapted
+
+
+@dataclass
+class LoadPlan:
+    modules: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=dict)
+    saved: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    biases: dict[str, torch.Tensor] = field(default_factory=dict)
+    slices: dict[str, list[bool]] = field(default_factory=dict)
+
+
+def plain_name(name: str) -> str:
+    """A parameter/module name as in the unwrapped model."""
+    return name.replace(".base_layer.", ".").replace(".original_module.", ".")
+
+
+def plan_load(model: nn.Module, config: dict, meta: dict, tensors: dict, fp: dict, where: Path) -> LoadPlan:
+    """Check every tensor of a PEFT adapter against `model` and return what to install; raise listing all problems."""
+    base = meta.get("base") or {}
+    diff = {k: (base[k], fp[k]) for k in base.keys() & fp.keys() if base[k] != fp[k]}
+    if diff:
+        said = ", ".join(f"{k}: adapter {a!r} vs model {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise AdapterFileError(f"{where} was saved for a different base model ({said}); load it on that model")
+    modules = {n: m for n, m in model.named_modules()}
+    params = {plain_name(n): p for n, p in model.named_parameters()}
+    plan, problems = LoadPlan(), []
+    lora: dict[str, dict[str, torch.Tensor]] = {}
+    saved_names = config.get("modules_to_save") or []
+    for key, t in tensors.items():
+        k = key[len(PREFIX) :] if key.startswith(PREFIX) else key
+        hit = re.fullmatch(r"(.+)\.(lora_A|lora_B)\.weight|(.+)\.(lora_embedding_A|lora_embedding_B)", k)
+        if hit:
+            path, part = (hit.group(1), hit.group(2)) if hit.group(1) else (hit.group(3), hit.group(4))
+            lora.setdefault(path, {})[part[-1]] = t
+        elif saved_names and _owner(k.replace(".modules_to_save", ""), saved_names, modules):
+            _plan_saved(k.replace(".modules_to_save", ""), t, saved_names, modules, plan, problems)
+        elif re.search(r"\.lora_(magnitude_vector|E|[a-z_]+)\b", k):
+            problems.append(f"{k}: not a plain LoRA tensor (DoRA/AdaLoRA/...); lorakit loads plain LoRA only")
+        elif k.endswith(".base_layer.weight"):
+            own = params.get(plain_name(k))
+            if own is None or own.shape != t.shape or not torch.equal(own.detach().cpu().to(t.dtype), t):
+                problems.append(f"{k}: the adapter carries a modified base weight (resized embeddings?); "
+                                f"lorakit adapters never change base weights")
+        elif k.endswith("bias") and plain_name(k) in params and config.get("bias", "none") != "none":
+            own = params[plain_name(k)]
+            if own.shape != t.shape:
+                problems.append(f"{k}: shape {tuple(t.shape)} but the model's bias is {tuple(own.shape)}")
+            plan.biases[plain_name(k)] = t
+        else:
+            _plan_saved(k.replace(".modules_to_save", ""), t, saved_names, modules, plan, problems)
+    rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
+    slices = meta.get("slices") or {}
+    for path, ab in sorted(lora.items()):
+        if set(ab) != {"A", "B"}:
+            problems.append(f"{path}: has lora_{''.join(ab)} but not its partner; the file is incomplete")
+            continue
+        r_file = pattern_value(rank_pattern, path, config.get("r"))
+        if ab["A"].shape[0] != r_file:
+            problems.append(f"{path}: weights have rank {ab['A'].shape[0]} but the config says r={r_file}")
+        module = modules.get(path)
+        if module is None:
+            problems.append(f"{path}: no such module in this model (an adapter for a different base model?)")
+            continue
+        base = module.base_layer if is_wrapper(module) else module
+        problem = _shape_problem(path, base, ab["A"], ab["B"])
+        if problem:
+            problems.append(problem)
+            continue
+        rank = ab["A"].shape[0]
+        alpha = pattern_value(alpha_pattern, path, config.get("lora_alpha"))
+        scale = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+        b = ab["B"]
+        if path in slices:
+            b, problem = _unblock(path, slices[path], b, rank)
+            if problem:
+                problems.append(problem)
+                continue
+            plan.slices[path] = slices[path]
+        plan.modules[path] = (ab["A"], b, scale)
+    for path, sd in plan.saved.items():
+        module = modules[path]
+        want = (module.original_module if isinstance(module, SavedModule) else module).state_dict()
+        if set(want) - set(sd):
+            problems.append(f"{path}: modules_to_save weights lack {sorted(set(want) - set(sd))}; file incomplete")
+    if not plan.modules and not problems:
+        problems.append("the file holds no LoRA weights (lora_A/lora_B); is it a LoRA adapter?")
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise AdapterFileError(f"{where} does not fit this model:\n  - " + "\n  - ".join(shown))
+    return plan
+
+
+def _shape_problem(path: str, base: nn.Module, a: torch.Tensor, b: torch.Tensor) -> str | None:
+    kind = kind_of(base)
+    w = base.weight.shape if kind else None
+    if kind == "Linear":
+        want_a, want_b = (a.shape[0], w[1]), (w[0], a.shape[0])
+    elif kind == "Conv1D":
+        want_a, want_b = (a.shape[0], w[0]), (w[1], a.shape[0])
+    elif kind == "Embedding":
+        want_a, want_b = (a.shape[0], w[0]), (w[1], a.shape[0])
+    elif kind == "Conv2d":
+        want_a, want_b = (a.shape[0], *w[1:]), (w[0], a.shape[0], 1, 1)
+    else:
+        return f"{path}: is a {type(base).__name__}, which LoRA cannot adapt"
+    if tuple(a.shape) != want_a or tuple(b.shape) != want_b:
+        return (f"{path}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not fit the {kind} weight "
+                f"{tuple(w)} (expected {want_a} / {want_b}); the adapter was made for another model shape")
+    return None
+
+
+def _unblock(path: str, mask: list[bool], b: torch.Tensor, rank: int) -> tuple[torch.Tensor, str | None]:
+    """Block-structured PEFT B (out x k·r) back to lorakit's per-slice B (k·part x r)."""
+    enabled = [i for i, on in enumerate(mask) if on]
+    k, n = len(enabled), len(mask)
+    if rank % k or b.shape[0] % n:
+        return b, f"{path}: slices {mask} do not divide rank {rank} / {b.shape[0]} outputs"
+    r, p = rank // k, b.shape[0] // n
+    blocks = [b[e * p : (e + 1) * p, j * r : (j + 1) * r] for j, e in enumerate(enabled)]
+    rest = b.clone()
+    for j, e in enumerate(enabled):
+        rest[e * p : (e + 1) * p, j * r : (j + 1) * r] = 0
+    if rest.abs().max() > 0:
+        return b, f"{path}: lorakit.json says slices {mask} but lora_B is not block-structured"
+    return torch.cat(blocks, 0), None
+
+
+def _owner(k: str, names: list, modules: dict) -> str | None:
+    """The modules_to_save module path that parameter key `k` belongs to, or None."""
+    owners = [p for p in modules if p and k.startswith(p + ".") and matches(p, tuple(names))]
+    return max(owners, key=len) if owners else None
+
+
+def _plan_saved(k: str, t: torch.Tensor, names: list, modules: dict, plan: LoadPlan, problems: list) -> None:
+    path = _owner(k, names, modules) if names else None
+    if path is None:
+        problems.append(f"{k}: unexpected key (not LoRA, not a trained bias, not in modules_to_save {names})")
+        return
+    module = modules[path]
+    own = (module.original_module if isinstance(module, SavedModule) else module).state_dict()
+    pname = k[len(path) + 1 :]
+    if pname not in own or own[pname].shape != t.shape:
+        problems.append(f"{k}: does not fit module {path} ({type(module).__name__}); wrong base model?")
+        return
+    plan.saved.setdefault(path, {})[pname] = t

@@ -1,0 +1,249 @@
+"""LoRA wrappers around Linear / GPT-2 Conv1D (optionally some slices of a fused projection).
+
+h = W0·x + (s)·B·A·x with A (r x in), B (out x r), s = alpha/r (Hu et al., 2021, eq. 3). The wrapper keeps the
+original module as `base_layer` (so unwrap can hand back the very same object) and any number of named adapters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lorakit.core.errors import AdapterError, ConfigError
+from lorakit.core.state import AdapterState
+
+# (index into the 2-D weight view, left, right): that part of W gets s·(left @ right). One merge formula for all.
+Part = tuple[tuple[slice, slice], torch.Tensor, torch.Tensor]
+
+
+class LoraLinear(nn.Module):
+    """LoRA around nn.Linear (weight out x in) or transformers' Conv1D (weight in x out, "fan_in_fan_out")."""
+
+    def __init__(self, base_layer: nn.Module, state: AdapterState, slices: tuple[bool, ...] | None = None):
+        super().__init__()
+        self.base_layer = base_layer
+        self.transposed = type(base_layer).__name__ == "Conv1D"
+        w = base_layer.weight
+        self.in_features, self.out_features = (w.shape[0], w.shape[1]) if self.transposed else (w.shape[1], w.shape[0])
+        if slices is not None and self.out_features % len(slices):
+            raise ConfigError(
+                f"slices {slices} split {self.out_features} outputs into {len(slices)} parts unevenly; "
+                f"give one flag per equal part (GPT-2 c_attn: (True, False, True) for q, k, v)"
+            )
+        self.slices = slices
+        self.lora_A = nn.ParameterDict()
+        self.lora_B = nn.ParameterDict()
+        self.scaling: dict[str, float] = {}
+        self.dropout: dict[str, float] = {}
+        self.merged: list[str] = []
+        self.pissa: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.original_weight: torch.Tensor | None = None
+        self._stack: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        object.__setattr__(self, "state", state)  # shared, not a submodule: keep it out of state_dict()
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    @property
+    def part_size(self) -> int:
+        return self.out_features // len(self.slices) if self.slices else self.out_features
+
+    @property
+    def enabled(self) -> list[int]:
+        return [i for i, on in enumerate(self.slices) if on] if self.slices else [0]
+
+    def add_adapter(self, name: str, rank: int, scaling: float, dropout: float, init: str) -> None:
+        """Create A (k·r x in) and B (k·part x r), k = enabled slices (1 when unfused); B = 0 so ΔW starts at 0."""
+        k = len(self.enabled)
+        w = self.base_layer.weight
+        a = torch.empty(k * rank, self.in_features, dtype=w.dtype, device=w.device)
+        if init == "gaussian":
+            nn.init.normal_(a, std=1 / rank)
+        else:
+            # loralib/PEFT: Kaiming-uniform with a=√5, the same as nn.Linear's default initialization.
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        b = torch.zeros(k * self.part_size, rank, dtype=w.dtype, device=w.device)
+        put_adapter(self, name, a, b, scaling, dropout)
+        if init == "pissa":
+            self._init_pissa(name, rank)
+
+    def _init_pissa(self, name: str, rank: int) -> None:
+        """PiSSA (Meng et al., 2024): s·B·A = top-r SVD part of W, and the base keeps the residual W - s·B·A."""
+        if self.slices:
+            raise ConfigError("init='pissa' is not supported on fused slices; adapt the whole module instead")
+        w2 = self.weight_2d()
+        u, sv, vh = torch.linalg.svd(w2.detach().float(), full_matrices=False)
+        s = self.scaling[name]
+        root = sv[:rank].sqrt() / math.sqrt(s)
+        b = (u[:, :rank] * root).to(w2.dtype)
+        a = (root[:, None] * vh[:rank]).to(w2.dtype)
+        with torch.no_grad():
+            self.lora_A[name].copy_(a)
+            self.lora_B[name].copy_(b)
+            if self.original_weight is None:
+                self.original_weight = self.weight.detach().clone()
+            w2.addmm_(b, a, alpha=-s)
+        self.pissa[name] = (a.clone(), b.clone())
+
+    def remove_adapter(self, name: str) -> None:
+        remove_adapter(self, name)
+
+    def weight_2d(self) -> torch.Tensor:
+        """The base weight as stored (out x in, or in x out for Conv1D); a view, so writes reach the module."""
+        return self.base_layer.weight.data
+
+    def delta_parts(self, name: str) -> list[Part]:
+        """Where s·left@right goes in weight_2d() for each adapted slice."""
+        a, b, p = self.lora_A[name], self.lora_B[name], self.part_size
+        r = a.shape[0] // len(self.enabled)
+        parts: list[Part] = []
+        for j, e in enumerate(self.enabled):
+            aj, bj = a[j * r : (j + 1) * r], b[j * p : (j + 1) * p]
+            rows = slice(e * p, (e + 1) * p) if self.slices else slice(None)
+            if self.transposed:
+                parts.append(((slice(None), rows), aj.t(), bj.t()))
+            else:
+                parts.append(((rows, slice(None)), bj, aj))
+        return parts
+
+    def active_name(self) -> str | None:
+        return active_name(self)
+
+    def lora_out(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """s·B·A·dropout(x) for one adapter, shaped like the base output."""
+        a, b, s = self.lora_A[name], self.lora_B[name], self.scaling[name]
+        if self.dropout[name] and self.training:
+            x = F.dropout(x, self.dropout[name], training=True)
+        t = F.linear(x.to(a.dtype), a)  # (..., k·r)
+        if not self.slices:
+            return F.linear(t, b) * s
+        k, n, p = len(self.enabled), len(self.slices), self.part_size
+        lead = t.shape[:-1]
+        t = t.reshape(-1, k, a.shape[0] // k).transpose(0, 1)  # (k, N, r)
+        u = torch.bmm(t, b.view(k, p, -1).transpose(1, 2))  # (k, N, p)
+        out = torch.zeros(u.shape[1], n, p, dtype=u.dtype, device=u.device)
+        out.index_copy_(1, torch.tensor(self.enabled, device=u.device), u.transpose(0, 1))
+        return (out * s).reshape(*lead, n * p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        if self.state.rows is not None and not self.state.disabled and self.lora_A:
+            return self._mixed(x, y)
+        name = self.active_name()
+        if name is None:
+            return y
+        if self.slices or (self.dropout[name] and self.training):
+            return y + self.lora_out(x, name).to(y.dtype)
+        # Fast path: one fused addmm computes y + s·(x A^T) B^T, keeping the unmerged overhead to a few kernels.
+        a, b = self.lora_A[name], self.lora_B[name]
+        t = F.linear(x.to(a.dtype), a)
+        y2 = y.reshape(-1, self.out_features)
+        bt = b.t() if b.dtype == y.dtype else b.t().to(y.dtype)
+        return torch.addmm(y2, t.reshape(-1, t.shape[-1]).to(y.dtype), bt, alpha=self.scaling[name]).view(y.shape)
+
+    def _mixed(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        rows = row_ids_for(self.state, x.shape[0])
+        if self.merged:
+            raise AdapterError(f"adapters {self.merged} are merged; unmerge before running a mixed-adapter batch")
+        if self.slices:
+            return mixed_by_groups(self, x, y, rows)
+        # Gather each row's (A, B) from stacked tables and run two batched matmuls: one pass for all adapters.
+        at, bt = self._stacked()
+        b = x.shape[0]
+        t = torch.bmm(x.reshape(b, -1, self.in_features).to(at.dtype), at[rows])  # (b, T, r_max)
+        out = torch.baddbmm(y.reshape(b, -1, self.out_features).to(at.dtype), t, bt[rows])  # (b, T, out)
+        return out.to(y.dtype).view(y.shape)
+
+    def _stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N+1, in, r_max) A^T and (N+1, r_max, out) s·B^T tables; row 0 and absent adapters are zeros.
+
+        Ranks are zero-padded to the largest rank on this layer; the padded columns add exact zeros, so results
+        match the unpadded computation up to summation order.
+        """
+        st = self.state
+        a0 = next(iter(self.lora_A.values()))
+        key = (st.version, a0.device, a0.dtype)
+        if self._stack is None or self._stack[0] != key:
+            r_max = max(a.shape[0] for a in self.lora_A.values())
+            n = len(st.names) + 1
+            at = torch.zeros(n, self.in_features, r_max, dtype=a0.dtype, device=a0.device)
+            bt = torch.zeros(n, r_max, self.out_features, dtype=a0.dtype, device=a0.device)
+            with torch.no_grad():
+                for i, name in enumerate(st.names, start=1):
+                    if name in self.lora_A:
+                        r = self.lora_A[name].shape[0]
+                        at[i, :, :r] = self.lora_A[name].t()
+                        bt[i, :r] = self.lora_B[name].t() * self.scaling[name]
+            self._stack = (key, at, bt)
+        return self._stack[1], self._stack[2]
+
+    def extra_repr(self) -> str:
+        ranks = {n: a.shape[0] for n, a in self.lora_A.items()}
+        return f"ranks={ranks}, slices={self.slices}, merged={self.merged}"
+
+
+def row_ids_for(state: AdapterState, batch: int) -> torch.Tensor:
+    """The per-row adapter indices for a batch; beam search repeats each row num_beams times, so repeat too."""
+    rows = state.rows
+    assert rows is not None
+    if rows.shape[0] == batch:
+        return rows
+    if batch % rows.shape[0]:
+        raise AdapterError(f"a mixed batch has {rows.shape[0]} adapter choices but the layer saw {batch} rows")
+    return rows.repeat_interleave(batch // rows.shape[0])
+
+
+def mixed_by_groups(layer: nn.Module, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Per-row adapters by grouping: one lora_out per adapter present in the batch (not per adapter loaded)."""
+    out = y
+    names = layer.state.names
+    for idx in rows.unique().tolist():
+        name = names[idx - 1] if idx else None
+        if name is None or name not in layer.lora_A:
+            continue
+        sel = (rows == idx).nonzero().squeeze(1)
+        out = out.index_add(0, sel, layer.lora_out(x[sel], name).to(y.dtype))
+    return out
+
+
+def active_name(layer: nn.Module) -> str | None:
+    """The adapter this layer applies in a plain forward, or None (disabled, absent, or merged into W)."""
+    st = layer.state
+    name = st.active
+    if st.disabled or name is None or name not in layer.lora_A or name in layer.merged:
+        return None
+    return name
+
+
+def put_adapter(layer: nn.Module, name: str, a: torch.Tensor, b: torch.Tensor, scaling: float, dropout: float) -> None:
+    """Install given factors as adapter `name` (no initialization work; used by add_adapter and by loading)."""
+    layer.lora_A[name] = nn.Parameter(a, requires_grad=False)
+    layer.lora_B[name] = nn.Parameter(b, requires_grad=False)
+    layer.scaling[name] = scaling
+    layer.dropout[name] = dropout
+
+
+def remove_adapter(layer: nn.Module, name: str) -> None:
+    """Drop one adapter's tensors and settings from a layer."""
+    if name in layer.merged:
+        raise AdapterError(f"adapter {name!r} is merged; unmerge it before deleting it")
+    for d in (layer.lora_A, layer.lora_B):
+        if name in d:
+            del d[name]
+    for d in (layer.scaling, layer.dropout, getattr(layer, "pissa", {})):
+        d.pop(name, None)
+
+
+def is_wrapper(module: nn.Module) -> bool:
+    """True for lorakit's wrapper modules."""
+    from lorakit.core.layers_extra import LoraConv2d, LoraEmbedding, SavedModule
+
+    return isinstance(module, (LoraLinear, LoraEmbedding, LoraConv2d, SavedModule))

@@ -1,0 +1,179 @@
+"""Merge ΔW = s·B·A into W (and back), the pure ΔW / merged-weights functions, and adapter combination.
+
+Every path goes through `apply_delta`: W[index] += sign·s·(left @ right), the single merge formula. Merging in
+place with addmm_ never materializes ΔW, so it costs one pass over the adapted weights (section 4.2: no added
+inference latency once merged).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lorakit.core.config import LoraConfig
+from lorakit.core.errors import AdapterError, MergeError
+from lorakit.core.inject import state_of, wrappers
+from lorakit.core.layers import Part, put_adapter
+
+
+def apply_delta(w2: torch.Tensor, parts: list[Part], scale: float) -> None:
+    """w2[index] += scale·(left @ right) for each part, in place. The one merge formula."""
+    for index, left, right in parts:
+        w2[index].addmm_(left.to(w2.dtype), right.to(w2.dtype), alpha=scale)
+
+
+def lora_layers(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
+    return [(p, m) for p, m in wrappers(model) if name in getattr(m, "lora_A", {})]
+
+
+def merged_names(model: nn.Module) -> list[str]:
+    """Adapters merged into the base weights, in merge order."""
+    out: list[str] = []
+    for _, m in wrappers(model):
+        out += [n for n in getattr(m, "merged", []) if n not in out]
+    return out
+
+
+def merge(model: nn.Module, name: str = "default", safe: bool = True) -> nn.Module:
+    """Add adapter `name`'s ΔW into the base weights in place; idempotent.
+
+    With safe=True nothing is written unless every merged weight is provably finite: the factors must be finite and
+    max|W| + s·r·max|left|·max|right| (a bound on every entry of W + ΔW) must stay below the dtype's largest value;
+    where that bound is inconclusive, the merged weight is computed on a copy and checked entry by entry.
+    """
+    state = state_of(model)
+    state.require(name)
+    todo = [(p, m) for p, m in lora_layers(model, name) if name not in m.merged]
+    if safe:
+        _check_finite(todo, name)
+    with torch.no_grad():
+        for _, m in todo:
+            apply_delta(m.weight_2d(), m.delta_parts(name), m.scaling[name])
+            m.merged.append(name)
+    return model
+
+
+def unmerge(model: nn.Module) -> nn.Module:
+    """Subtract every merged adapter's ΔW again (exact up to fp32 rounding, ~1e-7 relative)."""
+    with torch.no_grad():
+        for _, m in wrappers(model):
+            for name in reversed(getattr(m, "merged", [])):
+                apply_delta(m.weight_2d(), m.delta_parts(name), -m.scaling[name])
+            if hasattr(m, "merged"):
+                m.merged.clear()
+    return model
+
+
+def _check_finite(layers: list[tuple[str, nn.Module]], name: str) -> None:
+    for path, m in layers:
+        parts = m.delta_parts(name)
+        w2 = m.weight_2d()
+        bound = 0.0
+        for _, left, right in parts:
+            if not (torch.isfinite(left).all() and torch.isfinite(right).all()):
+                raise MergeError(f"adapter {name!r} has non-finite LoRA weights in {path}; nothing was merged")
+            bound = max(bound, left.shape[1] * left.abs().max().item() * right.abs().max().item())
+        limit = torch.finfo(w2.dtype).max
+        if _absmax(m) + abs(m.scaling[name]) * bound < limit:
+            continue
+        trial = w2.clone()
+        apply_delta(trial, parts, m.scaling[name])
+        if not torch.isfinite(trial).all():
+            raise MergeError(
+                f"merging adapter {name!r} would make {path}'s weight non-finite (overflow in {w2.dtype}); "
+                f"nothing was merged. Merge in float32 (model.float()) or check the adapter's weights."
+            )
+
+
+def _absmax(m: nn.Module) -> float:
+    """max|W| of a layer, cached against the weight's version counter (weights are frozen in normal use)."""
+    w = m.base_layer.weight
+    cached = getattr(m, "_absmax_cache", None)
+    if cached is None or cached[0] != w._version:
+        cached = (w._version, w.detach().abs().max().item())
+        m._absmax_cache = cached
+    return cached[1]
+
+
+def delta_weight(layer: nn.Module, name: str) -> torch.Tensor:
+    """ΔW of one adapter on one layer, shaped like the base weight's 2-D view (a new tensor)."""
+    with torch.no_grad():
+        d = torch.zeros_like(layer.weight_2d())
+        apply_delta(d, layer.delta_parts(name), layer.scaling[name])
+    return d
+
+
+def merged_weights(model: nn.Module, name: str = "default") -> dict[str, torch.Tensor]:
+    """{base weight path: W + ΔW} for adapter `name`, computed on copies; the model is not modified."""
+    state_of(model).require(name)
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for path, m in lora_layers(model, name):
+            w = m.base_layer.weight.detach().clone()
+            apply_delta(w.view(w.shape[0], -1), m.delta_parts(name), m.scaling[name])
+            out[f"{path}.weight"] = w
+    return out
+
+
+def combine(
+    model: nn.Module, weights: dict[str, float], name: str, rank: int | None = None
+) -> nn.Module:
+    """Add adapter `name` with ΔW = Σ_i w_i·ΔW_i exactly, or its best rank-`rank` approximation (SVD).
+
+    Exact: A' = [A_1; A_2; ...], B' = [w_1 s_1 B_1, w_2 s_2 B_2, ...], scale 1 (rank = Σ r_i). With `rank`, the
+    product is recompressed through QR of both factors and an SVD of the small (Σr x Σr) core, so the full
+    out x in ΔW is never formed. (PEFT's "linear" combination instead averages A and B separately, which does
+    not give the weighted sum of the ΔWs.)
+    """
+    state = state_of(model)
+    for n in weights:
+        state.require(n)
+        if state.configs[n].modules_to_save:
+            raise AdapterError(f"adapter {n!r} trains full module copies, which have no ΔW to combine")
+    if rank is not None and rank <= 0:
+        raise AdapterError(f"rank must be positive (got {rank})")
+    layers = [(p, m) for p, m in wrappers(model) if any(n in getattr(m, "lora_A", {}) for n in weights)]
+    ranks: list[int] = []
+    factors = {}
+    with torch.no_grad():
+        for path, m in layers:
+            a_new, b_new = _combine_layer(m, weights, rank)
+            factors[path] = (a_new, b_new)
+            ranks.append(a_new.shape[0] // len(getattr(m, "enabled", [0])))
+    r = max(set(ranks), key=ranks.count)
+    config = LoraConfig(rank=r, alpha=float(r), targets=tuple(p for p, _ in layers))
+    state.register(name, config)
+    for path, m in layers:
+        a_new, b_new = factors[path]
+        dtype = m.weight_2d().dtype
+        put_adapter(m, name, a_new.to(dtype), b_new.to(dtype), 1.0, 0.0)
+    return model
+
+
+def _combine_layer(m: nn.Module, weights: dict[str, float], rank: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per enabled slice: concatenate the scaled factors, then optionally recompress; returns (A', B')."""
+    k = len(getattr(m, "enabled", [0]))
+    first = next(n for n in weights if n in m.lora_A)
+    a_shape, b_shape = m.lora_A[first].shape, m.lora_B[first].shape  # Conv2d factors are 4-D; work in 2-D
+    a_out, b_out = [], []
+    for j in range(k):
+        a_cat, b_cat = [], []
+        for n, w in weights.items():
+            if n not in m.lora_A:
+                continue
+            a, b = m.lora_A[n].float().flatten(1), m.lora_B[n].float().flatten(1)
+            ra, pb = a.shape[0] // k, b.shape[0] // k
+            a_cat.append(a[j * ra : (j + 1) * ra])
+            b_cat.append(b[j * pb : (j + 1) * pb] * (w * m.scaling[n]))
+        a_j, b_j = torch.cat(a_cat, 0), torch.cat(b_cat, 1)
+        if rank is not None and rank < a_j.shape[0]:
+            qb, rb = torch.linalg.qr(b_j)
+            qa, ra_ = torch.linalg.qr(a_j.t())
+            u, s, vh = torch.linalg.svd(rb @ ra_.t())
+            root = s[:rank].sqrt()
+            b_j = qb @ (u[:, :rank] * root)
+            a_j = (root[:, None] * vh[:rank]) @ qa.t()
+        a_out.append(a_j)
+        b_out.append(b_j)
+    a_new, b_new = torch.cat(a_out, 0), torch.cat(b_out, 0)
+    return a_new.reshape(-1, *a_shape[1:]).contiguous(), b_new.reshape(b_shape[0], -1, *b_shape[2:]).contiguous()

@@ -1,0 +1,66 @@
+"""The per-model adapter registry every lorakit layer of one model shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from lorakit.core.config import LoraConfig
+from lorakit.core.errors import AdapterError
+
+ATTR = "_lorakit"  # attribute of the wrapped model holding its AdapterState
+
+
+@dataclass
+class AdapterState:
+    """What is loaded and what the next forward pass uses.
+
+    Layers read this object instead of holding their own copy, so switching the active adapter is one
+    attribute write (O(1), no weights touched) and a per-row choice reaches every layer at once.
+    """
+
+    configs: dict[str, LoraConfig] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+    """Registry order; row index i+1 in `rows` means names[i], 0 means the base model."""
+    active: str | None = None
+    disabled: bool = False
+    rows: torch.Tensor | None = None
+    """(batch,) int64 adapter index per row while a mixed batch runs, else None."""
+    version: int = 0
+    """Bumped whenever adapters are added, removed or their weights change: layers rebuild cached stacks."""
+    requires_grad: dict[str, bool] = field(default_factory=dict)
+    """Each parameter's requires_grad before the first inject, restored by unwrap."""
+    base_names: dict[str, str] = field(default_factory=dict)
+    """Adapter name -> base_model_name_or_path it was saved for (informational)."""
+
+    def register(self, name: str, config: LoraConfig) -> None:
+        if name in self.configs:
+            raise AdapterError(
+                f"an adapter named {name!r} is already loaded (loaded: {self.names}); choose another name "
+                f"or delete it first with lorakit.delete_adapter(model, {name!r})"
+            )
+        self.configs[name] = config
+        self.names.append(name)
+        self.version += 1
+        if self.active is None:
+            self.active = name
+
+    def unregister(self, name: str) -> None:
+        self.require(name)
+        del self.configs[name]
+        self.names.remove(name)
+        self.version += 1
+        if self.active == name:
+            self.active = self.names[0] if self.names else None
+
+    def require(self, name: str) -> None:
+        if name not in self.configs:
+            raise AdapterError(f"no adapter named {name!r}; loaded adapters: {self.names or 'none'}")
+
+    def index(self, name: str | None) -> int:
+        """Row index of an adapter name (None -> 0, the base model)."""
+        if name is None:
+            return 0
+        self.require(name)
+        return self.names.index(name) + 1

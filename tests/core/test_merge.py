@@ -1,0 +1,128 @@
+"""Merging: idempotent, merged == unmerged == unwrapped-after-merge, finite-checked, exact combinations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import randomize, tiny_bert, tiny_gpt2, tiny_llama
+from torch import nn
+
+import lorakit
+from lorakit import LoraConfig, MergeError
+from lorakit.core.inject import wrappers
+from lorakit.core.merge import delta_weight
+
+CASES = [
+    (tiny_llama, LoraConfig(rank=4, alpha=8, targets="all-linear")),
+    (tiny_llama, LoraConfig(rank=2, alpha=4, targets=("embed_tokens", "q_proj", "v_proj"), rslora=True)),
+    (tiny_gpt2, LoraConfig(rank=4, alpha=8, targets=("c_attn", "c_fc"), slices={"c_attn": (True, False, True)})),
+    (tiny_bert, LoraConfig(rank=4, alpha=8, targets=("query", "value", "word_embeddings"),
+                           modules_to_save=("classifier",))),
+]
+
+
+@pytest.mark.parametrize("make,config", CASES)
+def test_merged_equals_unmerged_equals_unwrapped_after_merge(make, config, ids):
+    model = make()
+    lorakit.inject(model, config)
+    randomize(model)
+    with torch.no_grad():
+        unmerged = model(ids).logits
+        lorakit.merge(model)
+        merged = model(ids).logits
+        lorakit.unwrap(model)
+        unwrapped = model(ids).logits
+    assert (merged - unmerged).abs().max() <= 1e-5
+    assert (unwrapped - merged).abs().max() <= 1e-5
+    assert not any(True for _ in wrappers(model))
+
+
+def test_conv2d_merge_matches_unmerged():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    lorakit.inject(model, LoraConfig(rank=2, targets=("0", "2")))
+    randomize(model)
+    x = torch.randn(2, 3, 7, 7)
+    with torch.no_grad():
+        before = model(x)
+        lorakit.merge(model)
+        assert (model(x) - before).abs().max() <= 1e-5
+
+
+def test_merge_is_idempotent(ids):
+    model = tiny_llama()
+    lorakit.inject(model, LoraConfig(rank=4))
+    randomize(model)
+    lorakit.merge(model)
+    once = {n: p.detach().clone() for n, p in model.named_parameters()}
+    lorakit.merge(model)
+    assert all(torch.equal(p, once[n]) for n, p in model.named_parameters())
+
+
+def test_unmerge_restores_the_original_weights(ids):
+    model = tiny_llama()
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    lorakit.inject(model, LoraConfig(rank=4, targets="all-linear"))
+    randomize(model)
+    lorakit.merge(model)
+    lorakit.unmerge(model)
+    lorakit.unwrap(model)
+    assert max((p - original[n]).abs().max().item() for n, p in model.named_parameters()) <= 1e-6
+
+
+def test_safe_merge_refuses_non_finite_results_and_changes_nothing():
+    model = tiny_llama()
+    lorakit.inject(model, LoraConfig(rank=4))
+    randomize(model)
+    layer = model.model.layers[1].self_attn.v_proj
+    with torch.no_grad():
+        layer.lora_B["default"][0, 0] = float("nan")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(MergeError, match="non-finite LoRA weights in model.layers.1.self_attn.v_proj"):
+        lorakit.merge(model, safe=True)
+    with torch.no_grad():
+        layer.lora_B["default"][0, 0] = 3e38  # finite, but W + ΔW overflows float32
+        layer.lora_A["default"].fill_(1.0)
+    with pytest.raises(MergeError, match="non-finite"):
+        lorakit.merge(model, safe=True)
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n], v) for n, v in before.items() if ".lora_" not in n)
+    assert not any(m.merged for _, m in wrappers(model))
+
+
+def test_combine_gives_exactly_the_weighted_sum_of_delta_ws():
+    model = tiny_llama()
+    lorakit.inject(model, LoraConfig(rank=4, alpha=8), "a")
+    lorakit.inject(model, LoraConfig(rank=2, alpha=2, targets=("q_proj", "o_proj")), "b")
+    randomize(model, "a", seed=1)
+    randomize(model, "b", seed=2)
+    lorakit.combine(model, {"a": 0.7, "b": -0.3}, "ab")
+    for _, m in wrappers(model):
+        expect = sum(w * delta_weight(m, n) for n, w in (("a", 0.7), ("b", -0.3)) if n in m.lora_A)
+        assert (delta_weight(m, "ab") - expect).abs().max() <= 1e-6
+
+
+def test_combine_with_a_rank_is_the_best_low_rank_approximation():
+    model = tiny_llama()
+    lorakit.inject(model, LoraConfig(rank=4), "a")
+    lorakit.inject(model, LoraConfig(rank=4), "b")
+    randomize(model, "a", seed=1)
+    randomize(model, "b", seed=2)
+    lorakit.combine(model, {"a": 1.0, "b": 1.0}, "ab3", rank=3)
+    m = model.model.layers[0].self_attn.q_proj
+    dense = delta_weight(m, "a") + delta_weight(m, "b")
+    u, s, vh = torch.linalg.svd(dense)
+    best = (u[:, :3] * s[:3]) @ vh[:3]
+    assert m.lora_A["ab3"].shape[0] == 3
+    assert (delta_weight(m, "ab3") - best).abs().max() <= 1e-5
+
+
+def test_merged_weights_is_pure_and_matches_merge():
+    model = tiny_gpt2()
+    lorakit.inject(model, LoraConfig(rank=2, targets=("c_attn",), slices={"c_attn": (True, False, True)}))
+    randomize(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    pure = lorakit.merged_weights(model)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    lorakit.merge(model)
+    for path, w in pure.items():
+        assert torch.equal(model.get_submodule(path.rsplit(".", 1)[0]).base_layer.weight, w)
