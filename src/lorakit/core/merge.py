@@ -48,9 +48,25 @@ def merge(model: nn.Module, name: str = "default", safe: bool = True) -> nn.Modu
         _check_finite(todo, name)
     with torch.no_grad():
         for _, m in todo:
-            apply_delta(m.weight_2d(), m.delta_parts(name), m.scaling[name])
+            _apply_tracked(m, name, m.scaling[name])
             m.merged.append(name)
     return model
+
+
+def _apply_tracked(m: nn.Module, name: str, scale: float) -> None:
+    """apply_delta on a layer, keeping its cached max|W| a valid upper bound so the next safe merge skips a scan."""
+    cached = getattr(m, "_absmax_cache", None)
+    w = m.base_layer.weight
+    fresh = cached is not None and cached[0] == w._version
+    parts = m.delta_parts(name)
+    apply_delta(m.weight_2d(), parts, scale)
+    if fresh:
+        m._absmax_cache = (w._version, cached[1] + abs(scale) * _bound(parts))
+
+
+def _bound(parts: list[Part]) -> float:
+    """An upper bound on max|left @ right| over all parts: r·max|left|·max|right|."""
+    return max(left.shape[1] * left.abs().max().item() * right.abs().max().item() for _, left, right in parts)
 
 
 def unmerge(model: nn.Module) -> nn.Module:
@@ -58,7 +74,7 @@ def unmerge(model: nn.Module) -> nn.Module:
     with torch.no_grad():
         for _, m in wrappers(model):
             for name in reversed(getattr(m, "merged", [])):
-                apply_delta(m.weight_2d(), m.delta_parts(name), -m.scaling[name])
+                _apply_tracked(m, name, -m.scaling[name])
             if hasattr(m, "merged"):
                 m.merged.clear()
     return model
@@ -68,13 +84,10 @@ def _check_finite(layers: list[tuple[str, nn.Module]], name: str) -> None:
     for path, m in layers:
         parts = m.delta_parts(name)
         w2 = m.weight_2d()
-        bound = 0.0
         for _, left, right in parts:
             if not (torch.isfinite(left).all() and torch.isfinite(right).all()):
                 raise MergeError(f"adapter {name!r} has non-finite LoRA weights in {path}; nothing was merged")
-            bound = max(bound, left.shape[1] * left.abs().max().item() * right.abs().max().item())
-        limit = torch.finfo(w2.dtype).max
-        if _absmax(m) + abs(m.scaling[name]) * bound < limit:
+        if _absmax(m) + abs(m.scaling[name]) * _bound(parts) < torch.finfo(w2.dtype).max:
             continue
         trial = w2.clone()
         apply_delta(trial, parts, m.scaling[name])

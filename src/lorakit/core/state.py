@@ -25,14 +25,25 @@ class AdapterState:
     """Registry order; row index i+1 in `rows` means names[i], 0 means the base model."""
     active: str | None = None
     disabled: bool = False
-    rows: torch.Tensor | None = None
-    """(batch,) int64 adapter index per row while a mixed batch runs, else None."""
+    _rows: torch.Tensor | None = None
+    rows_version: int = 0
+    """Bumped whenever `rows` is set, so layers can cache per-row gathers for the life of one choice of rows."""
     version: int = 0
     """Bumped whenever adapters are added, removed or their weights change: layers rebuild cached stacks."""
     requires_grad: dict[str, bool] = field(default_factory=dict)
     """Each parameter's requires_grad before the first inject, restored by unwrap."""
     base_names: dict[str, str] = field(default_factory=dict)
     """Adapter name -> base_model_name_or_path it was saved for (informational)."""
+
+    @property
+    def rows(self) -> torch.Tensor | None:
+        """(batch,) int64 adapter index per row while a mixed batch runs, else None."""
+        return self._rows
+
+    @rows.setter
+    def rows(self, value: torch.Tensor | None) -> None:
+        self._rows = value
+        self.rows_version += 1
 
     def register(self, name: str, config: LoraConfig) -> None:
         if name in self.configs:

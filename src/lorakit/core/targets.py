@@ -38,22 +38,26 @@ def layer_index(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def matches(name: str, targets: str | tuple[str, ...]) -> bool:
+def matches(name: str, targets: str | tuple[str, ...] | frozenset[str]) -> bool:
     """PEFT's rule: a tuple matches a name equal to an entry or ending in `.entry`; a string is a full regex."""
     if isinstance(targets, str):
         return re.fullmatch(targets, name) is not None
-    return any(name == t or name.endswith("." + t) for t in targets)
+    # Checking the name's few dotted suffixes against a set keeps this O(depth), not O(len(targets)): loading an
+    # adapter passes every adapted module path as a target.
+    wanted = targets if isinstance(targets, frozenset) else frozenset(targets)
+    parts = name.split(".")
+    return any(".".join(parts[i:]) in wanted for i in range(len(parts)))
 
 
 def plain_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """named_modules() as in the original model: a lorakit wrapper shows under its own name, its insides hidden."""
-    hidden: list[str] = []
+    hidden = None  # named_modules() is pre-order, so a wrapper's insides directly follow it
     for name, module in model.named_modules():
-        if any(name.startswith(h + ".") for h in hidden):
+        if hidden is not None and name.startswith(hidden):
             continue
         yield name, module
         if is_wrapper(module):
-            hidden.append(name)
+            hidden = name + "."
 
 
 def output_head_names(model: nn.Module) -> set[str]:
@@ -71,6 +75,8 @@ def find_targets(
 ) -> list[tuple[str, str]]:
     """(name, kind) of every module the targets select; raises TargetError listing what exists if none match."""
     heads = output_head_names(model)
+    if not isinstance(targets, str):
+        targets = frozenset(targets)
     found: list[tuple[str, str]] = []
     unsupported: list[str] = []
     for name, module in plain_modules(model):
@@ -89,14 +95,14 @@ def find_targets(
             found.append((name, kind))
     if unsupported:
         raise TargetError(
-            f"targets {targets!r} matched modules lorakit cannot adapt: {', '.join(unsupported[:8])}"
+            f"targets {_show(targets)} matched modules lorakit cannot adapt: {', '.join(unsupported[:8])}"
             f"{' ...' if len(unsupported) > 8 else ''}. lorakit adapts {', '.join(SUPPORTED)} modules; "
             f"target the projections inside instead. Adaptable modules here: {describe(model)}"
         )
     if not found:
         where = "" if layers is None else f" in layers {list(layers)}"
         raise TargetError(
-            f"targets {targets!r} matched no module{where}. Adaptable modules here (name suffix: type x count): "
+            f"targets {_show(targets)} matched no module{where}. Adaptable modules here (name suffix: type x count): "
             f"{describe(model)}. Use those suffixes, a regular expression string, or 'all-linear'."
         )
     return found
@@ -115,3 +121,7 @@ def describe(model: nn.Module) -> str:
 def _wrapped_kind(module: nn.Module) -> str | None:
     base = getattr(module, "base_layer", None)
     return kind_of(base) if base is not None and is_wrapper(module) else None
+
+
+def _show(targets: str | frozenset[str]) -> str:
+    return repr(targets) if isinstance(targets, str) else repr(tuple(sorted(targets)))
