@@ -1,0 +1,74 @@
+"""`lorakit info` and `lorakit merge` on a tiny local model directory (the merged output needs no lorakit)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import randomize, tiny_llama
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+import lorakit
+from lorakit.cli import main
+
+WORDS = ["<unk>", "<s>", "</s>", "<pad>"] + [f"w{i}" for i in range(124)]
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    model = tiny_llama()
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                  pad_token="<pad>")
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    return tmp_path / "base"
+
+
+def test_info_lists_modules_and_what_a_config_trains(model_dir, capsys):
+    assert main(["info", "--model", str(model_dir), "--targets", "q_proj,v_proj", "--rank", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "q_proj" in out and "32x32" in out and "down_proj" in out
+    assert "trainable params: 896" in out
+
+
+def test_info_with_a_bad_target_prints_the_error_and_exits_2(model_dir, capsys):
+    assert main(["info", "--model", str(model_dir), "--targets", "query"]) == 2
+    err = capsys.readouterr().err
+    assert "matched no module" in err and "q_proj: Linear x2" in err
+
+
+def test_merge_writes_a_directory_that_transformers_loads_without_lorakit(model_dir, tmp_path):
+    model = lorakit.inject(AutoModelForCausalLM.from_pretrained(model_dir), lorakit.LoraConfig(rank=4))
+    randomize(model)
+    lorakit.save_adapter(model, tmp_path / "adapter")
+    ids = torch.randint(4, 128, (2, 6))
+    with torch.no_grad():
+        expect = model(ids).logits
+    assert main(["merge", "--model", str(model_dir), "--adapter", str(tmp_path / "adapter"),
+                 "--out", str(tmp_path / "merged")]) == 0
+    code = (
+        "import sys, torch; sys.modules['lorakit'] = None\n"
+        "from transformers import AutoModelForCausalLM\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'merged')!r})\n"
+        f"ids = torch.tensor({ids.tolist()})\n"
+        f"torch.save(m(ids).logits.detach(), {str(tmp_path / 'logits.pt')!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    got = torch.load(tmp_path / "logits.pt", weights_only=True)
+    assert (got - expect).abs().max() <= 1e-5
+
+
+def test_merge_refuses_an_adapter_for_another_model(model_dir, tmp_path, capsys):
+    from conftest import tiny_gpt2
+
+    other = lorakit.inject(tiny_gpt2(), lorakit.LoraConfig(rank=2, targets=("c_attn",)))
+    lorakit.save_adapter(other, tmp_path / "gpt2-adapter")
+    assert main(["merge", "--model", str(model_dir), "--adapter", str(tmp_path / "gpt2-adapter"),
+                 "--out", str(tmp_path / "m")]) == 2
+    assert "different base model" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
