@@ -37,10 +37,10 @@ def smollm_shape():
     return LlamaForCausalLM(cfg).eval()
 
 
-def timed(fn, repeat: int = 1) -> float:
+def timed(fn, *args, repeat: int = 1, **kwargs) -> float:
     t = time.perf_counter()
     for _ in range(repeat):
-        fn()
+        fn(*args, **kwargs)
     return (time.perf_counter() - t) / repeat
 
 
@@ -101,10 +101,10 @@ def main() -> None:
             for f in (base, lk, pm):
                 f(x)  # warm-up
             for _ in range(args.rounds):
-                tb = timed(lambda: base(x))
-                tl = timed(lambda: lk(x))
-                tp = timed(lambda: pm(x))
-                tb2 = timed(lambda: base(x))
+                tb = timed(base, x)
+                tl = timed(lk, x)
+                tp = timed(pm, x)
+                tb2 = timed(base, x)
                 b = (tb + tb2) / 2
                 t_base.append(b)
                 r_lk.append(tl / b)
@@ -124,11 +124,11 @@ def main() -> None:
             lk(x)
         pm(x, adapter_names=names)
         for _ in range(args.rounds):
-            t1 = timed(lambda: lk(x))
+            t1 = timed(lk, x)
             with lorakit.adapter_rows(lk, names):
-                t8 = timed(lambda: lk(x))
-            p1 = timed(lambda: pm(x))
-            p8 = timed(lambda: pm(x, adapter_names=names))
+                t8 = timed(lk, x)
+            p1 = timed(pm, x)
+            p8 = timed(pm, x, adapter_names=names)
             r_lk.append(t8 / t1)
             r_pf.append(p8 / p1)
     out["mixed_8_adapters_vs_one_b8x128"] = {"lorakit_pct": round(100 * (med(r_lk) - 1), 2),
@@ -138,15 +138,12 @@ def main() -> None:
     first_lk, first_pf, more_lk, more_pf = [], [], [], []
     for _ in range(args.rounds):
         m1, m2 = copy.deepcopy(base), copy.deepcopy(base)
-        first_lk.append(timed(lambda: lorakit.load_adapter(m1, dirs[0], "a0")))
-        holder = {}
-        first_pf.append(timed(lambda: holder.setdefault("pm", peft.PeftModel.from_pretrained(m2, str(dirs[0]),
-                                                                                              adapter_name="a0"))))
-        p = holder["pm"]
-        more_lk.append(med([timed(lambda i=i: lorakit.load_adapter(m1, dirs[i], f"a{i}")) for i in range(1, 4)]))
-        more_pf.append(med([timed(lambda i=i: p.load_adapter(str(dirs[i]), adapter_name=f"a{i}"))
-                            for i in range(1, 4)]))
-        del m1, m2, p, holder
+        first_lk.append(timed(lorakit.load_adapter, m1, dirs[0], "a0"))
+        t = time.perf_counter()
+        p = peft.PeftModel.from_pretrained(m2, str(dirs[0]), adapter_name="a0")
+        first_pf.append(time.perf_counter() - t)
+        more_lk.append(med([timed(lorakit.load_adapter, m1, dirs[i], f"a{i}") for i in range(1, 4)]))
+        more_pf.append(med([timed(p.load_adapter, str(dirs[i]), adapter_name=f"a{i}") for i in range(1, 4)]))
     out["load_adapter_ms"] = {
         "lorakit_first": round(1000 * med(first_lk), 2), "peft_first": round(1000 * med(first_pf), 2),
         "lorakit_further": round(1000 * med(more_lk), 2), "peft_further": round(1000 * med(more_pf), 2),
@@ -156,8 +153,8 @@ def main() -> None:
     # Switching the active adapter.
     sw_lk, sw_pf = [], []
     for _ in range(args.rounds):
-        sw_lk.append(timed(lambda: [lorakit.set_active(lk, n) for n in names], 20) / len(names))
-        sw_pf.append(timed(lambda: [pm.set_adapter(n) for n in names], 2) / len(names))
+        sw_lk.append(timed(lambda: [lorakit.set_active(lk, n) for n in names], repeat=20) / len(names))
+        sw_pf.append(timed(lambda: [pm.set_adapter(n) for n in names], repeat=2) / len(names))
     out["switch_ms"] = {"lorakit": round(1000 * med(sw_lk), 4), "peft": round(1000 * med(sw_pf), 3),
                         "ratio": round(med([a / b for a, b in zip(sw_lk, sw_pf, strict=True)]), 5)}
 
@@ -167,17 +164,17 @@ def main() -> None:
     w0 = {n: p.detach().clone() for n, p in lk.named_parameters() if "base_layer" in n}
     mg_lk, mg_lk_unsafe, mg_pf, un_lk, un_pf, mu_lk, mu_pf = [], [], [], [], [], [], []
     for _ in range(args.rounds):
-        mg_lk.append(timed(lambda: lorakit.merge(lk, "a0", safe=True)))
-        un_lk.append(timed(lambda: lorakit.unmerge(lk)))
-        mg_lk_unsafe.append(timed(lambda: lorakit.merge(lk, "a0", safe=False)))
+        mg_lk.append(timed(lorakit.merge, lk, "a0", safe=True))
+        un_lk.append(timed(lorakit.unmerge, lk))
+        mg_lk_unsafe.append(timed(lorakit.merge, lk, "a0", safe=False))
         lorakit.unmerge(lk)
-        mg_pf.append(timed(lambda: pm.merge_adapter()))
-        un_pf.append(timed(lambda: pm.unmerge_adapter()))
+        mg_pf.append(timed(pm.merge_adapter))
+        un_pf.append(timed(pm.unmerge_adapter))
     drift = max((p - w0[n]).abs().max().item() for n, p in lk.named_parameters() if n in w0)
     for _ in range(max(3, args.rounds // 2)):
         a, b = copy.deepcopy(lk), copy.deepcopy(pm)
-        mu_lk.append(timed(lambda: lorakit.unwrap(lorakit.merge(a, "a0"))))
-        mu_pf.append(timed(lambda: b.merge_and_unload()))
+        mu_lk.append(timed(lambda m: lorakit.unwrap(lorakit.merge(m, "a0")), a))
+        mu_pf.append(timed(b.merge_and_unload))
     out["merge_ms"] = {
         "lorakit_merge_safe": round(1000 * med(mg_lk), 2), "lorakit_merge_unsafe": round(1000 * med(mg_lk_unsafe), 2),
         "peft_merge_adapter": round(1000 * med(mg_pf), 2),
