@@ -58,8 +58,7 @@ def inject_factors(
             "a PiSSA adapter rewrites the base weights, so it cannot share a model with other adapters; "
             "save it (it is saved as a plain LoRA adapter) and load both onto a fresh base model"
         )
-    if name in state.configs:
-        state.register(name, config)  # raises the "already loaded" error
+    state.check_new(name)
     found = find_targets(model, config.targets, config.layers)
     _check_slices(config, found)
     saved = _find_saved(model, config.modules_to_save)

@@ -45,6 +45,7 @@ class LoraLinear(nn.Module):
         self._rows_cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
         object.__setattr__(self, "state", state)  # shared, not a submodule: keep it out of state_dict()
 
+    # Model code sometimes reads `self.q_proj.weight` (e.g. for its dtype); keep that working through the wrapper.
     @property
     def weight(self) -> torch.Tensor:
         return self.base_layer.weight

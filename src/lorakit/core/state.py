@@ -32,8 +32,6 @@ class AdapterState:
     """Bumped whenever adapters are added, removed or their weights change: layers rebuild cached stacks."""
     requires_grad: dict[str, bool] = field(default_factory=dict)
     """Each parameter's requires_grad before the first inject, restored by unwrap."""
-    base_names: dict[str, str] = field(default_factory=dict)
-    """Adapter name -> base_model_name_or_path it was saved for (informational)."""
 
     @property
     def rows(self) -> torch.Tensor | None:
@@ -46,16 +44,20 @@ class AdapterState:
         self.rows_version += 1
 
     def register(self, name: str, config: LoraConfig) -> None:
-        if name in self.configs:
-            raise AdapterError(
-                f"an adapter named {name!r} is already loaded (loaded: {self.names}); choose another name "
-                f"or delete it first with lorakit.delete_adapter(model, {name!r})"
-            )
+        self.check_new(name)
         self.configs[name] = config
         self.names.append(name)
         self.version += 1
         if self.active is None:
             self.active = name
+
+    def check_new(self, name: str) -> None:
+        """AdapterError if `name` is already loaded."""
+        if name in self.configs:
+            raise AdapterError(
+                f"an adapter named {name!r} is already loaded (loaded: {self.names}); choose another name "
+                f"or delete it first with lorakit.delete_adapter(model, {name!r})"
+            )
 
     def unregister(self, name: str) -> None:
         self.require(name)

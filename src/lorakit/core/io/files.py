@@ -196,8 +196,6 @@ def load_adapter(
         params = {peft_keys.plain_name(n): p for n, p in model.named_parameters()}
         for pname, t in plan.biases.items():
             params[pname].copy_(t)
-    state = state_of(model)
-    state.base_names[name] = config.get("base_model_name_or_path") or ""
     if trainable:
         set_trainable(model, name)
     elif fresh:
