@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import randomize, tiny_llama
+from tiny import randomize, tiny_llama
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
@@ -64,7 +64,7 @@ def test_merge_writes_a_directory_that_transformers_loads_without_lorakit(model_
 
 
 def test_merge_refuses_an_adapter_for_another_model(model_dir, tmp_path, capsys):
-    from conftest import tiny_gpt2
+    from tiny import tiny_gpt2
 
     other = lorakit.inject(tiny_gpt2(), lorakit.LoraConfig(rank=2, targets=("c_attn",)))
     lorakit.save_adapter(other, tmp_path / "gpt2-adapter")

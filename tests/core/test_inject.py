@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import randomize, tiny_bert, tiny_gpt2, tiny_llama
+from tiny import randomize, tiny_bert, tiny_gpt2, tiny_llama
 from torch import nn
 
 import lorakit
@@ -160,15 +160,16 @@ def test_delete_adapter_removes_it_everywhere():
     assert model._lorakit.active == "b"
 
 
-def test_pissa_starts_at_the_base_output_and_unwrap_restores_the_weights(ids):
-    model = tiny_llama()
-    w = model.model.layers[0].self_attn.q_proj.weight.detach().clone()
+@pytest.mark.parametrize("make,targets", [(tiny_llama, ("q_proj", "v_proj")), (tiny_gpt2, ("c_attn", "c_fc"))])
+def test_pissa_starts_at_the_base_output_and_unwrap_restores_the_weights(make, targets, ids):
+    model = make()
+    w = {n: p.detach().clone() for n, p in model.named_parameters()}
     with torch.no_grad():
         before = model(ids).logits
-        lorakit.inject(model, LoraConfig(rank=4, init="pissa"))
+        lorakit.inject(model, LoraConfig(rank=4, init="pissa", targets=targets))
         assert torch.allclose(model(ids).logits, before, atol=1e-5)
     lorakit.unwrap(model)
-    assert torch.equal(model.model.layers[0].self_attn.q_proj.weight, w)
+    assert all(torch.equal(p, w[n]) for n, p in model.named_parameters())
 
 
 def test_plain_torch_models_work_too():

@@ -8,8 +8,8 @@ import os
 import peft
 import pytest
 import torch
-from conftest import randomize, tiny_bert, tiny_gpt2, tiny_llama
 from safetensors.torch import load_file, save_file
+from tiny import randomize, tiny_bert, tiny_gpt2, tiny_llama
 
 import lorakit
 from lorakit import AdapterError, AdapterFileError, LoraConfig
@@ -106,11 +106,12 @@ def test_several_adapters_load_onto_one_model_and_the_first_is_active(tmp_path, 
         lorakit.load_adapter(model, tmp_path / "b", "b")
 
 
-def test_pissa_adapters_load_on_the_original_base(tmp_path, ids):
-    model = lorakit.inject(tiny_llama(), LoraConfig(rank=4, init="pissa"))
+@pytest.mark.parametrize("make,targets", [(tiny_llama, ("q_proj", "v_proj")), (tiny_gpt2, ("c_attn",))])
+def test_pissa_adapters_load_on_the_original_base(make, targets, tmp_path, ids):
+    model = lorakit.inject(make(), LoraConfig(rank=4, init="pissa", targets=targets))
     randomize(model)
     lorakit.save_adapter(model, tmp_path)
-    fresh = tiny_llama()
+    fresh = make()
     lorakit.load_adapter(fresh, tmp_path)
     with torch.no_grad():
         assert (fresh(ids).logits - model(ids).logits).abs().max() <= 1e-4

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import randomize, tiny_bert, tiny_gpt2, tiny_llama
+from tiny import randomize, tiny_bert, tiny_gpt2, tiny_llama
 from torch import nn
 
 import lorakit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import randomize, tiny_bert, tiny_gpt2, tiny_llama
+from tiny import randomize, tiny_bert, tiny_gpt2, tiny_llama
 
 import lorakit
 from lorakit import AdapterError, LoraConfig

@@ -82,18 +82,17 @@ class LoraLinear(nn.Module):
         if self.slices:
             raise ConfigError("init='pissa' is not supported on fused slices; adapt the whole module instead")
         w2 = self.weight_2d()
-        u, sv, vh = torch.linalg.svd(w2.detach().float(), full_matrices=False)
+        w = (w2.t() if self.transposed else w2).detach().float()  # (out, in) for both layouts
+        u, sv, vh = torch.linalg.svd(w, full_matrices=False)
         s = self.scaling[name]
         root = sv[:rank].sqrt() / math.sqrt(s)
-        b = (u[:, :rank] * root).to(w2.dtype)
-        a = (root[:, None] * vh[:rank]).to(w2.dtype)
         with torch.no_grad():
-            self.lora_A[name].copy_(a)
-            self.lora_B[name].copy_(b)
+            self.lora_A[name].copy_(root[:, None] * vh[:rank])
+            self.lora_B[name].copy_(u[:, :rank] * root)
             if self.original_weight is None:
                 self.original_weight = self.weight.detach().clone()
-            w2.addmm_(b, a, alpha=-s)
-        self.pissa[name] = (a.clone(), b.clone())
+            apply_delta(w2, self.delta_parts(name), -s)
+        self.pissa[name] = (self.lora_A[name].detach().clone(), self.lora_B[name].detach().clone())
 
     def remove_adapter(self, name: str) -> None:
         remove_adapter(self, name)
@@ -200,6 +199,12 @@ class LoraLinear(nn.Module):
     def extra_repr(self) -> str:
         ranks = {n: a.shape[0] for n, a in self.lora_A.items()}
         return f"ranks={ranks}, slices={self.slices}, merged={self.merged}"
+
+
+def apply_delta(w2: torch.Tensor, parts: list[Part], scale: float) -> None:
+    """w2[index] += scale·(left @ right) for each part, in place. The one merge formula."""
+    for index, left, right in parts:
+        w2[index].addmm_(left.to(w2.dtype), right.to(w2.dtype), alpha=scale)
 
 
 def row_ids_for(state: AdapterState, batch: int) -> torch.Tensor:

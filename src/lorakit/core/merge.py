@@ -1,6 +1,6 @@
 """Merge ΔW = s·B·A into W (and back), the pure ΔW / merged-weights functions, and adapter combination.
 
-Every path goes through `apply_delta`: W[index] += sign·s·(left @ right), the single merge formula. Merging in
+Every path goes through `layers.apply_delta`: W[index] += sign·s·(left @ right), the single merge formula. Merging in
 place with addmm_ never materializes ΔW, so it costs one pass over the adapted weights (section 4.2: no added
 inference latency once merged).
 """
@@ -13,13 +13,7 @@ from torch import nn
 from lorakit.core.config import LoraConfig
 from lorakit.core.errors import AdapterError, MergeError
 from lorakit.core.inject import state_of, wrappers
-from lorakit.core.layers import Part, put_adapter
-
-
-def apply_delta(w2: torch.Tensor, parts: list[Part], scale: float) -> None:
-    """w2[index] += scale·(left @ right) for each part, in place. The one merge formula."""
-    for index, left, right in parts:
-        w2[index].addmm_(left.to(w2.dtype), right.to(w2.dtype), alpha=scale)
+from lorakit.core.layers import Part, apply_delta, put_adapter
 
 
 def lora_layers(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
