@@ -17,6 +17,11 @@ COMMANDS = {
     "quickstart": "Fine-tune SmolLM2-135M with LoRA on the bundled restaurant set and show before/after.",
     "info": "Show a model's adaptable modules and what a LoRA config would train.",
     "merge": "Merge an adapter into its base model and write a plain transformers directory.",
+    "train": "Train from a YAML config with command-line overrides (resumable; torchrun for several processes).",
+    "eval": "Decode and score a trained adapter or model on a task's dev/test split.",
+    "generate": "Generate texts for prompts with a base model and optional adapter.",
+    "compare": "Train several fine-tuning methods under one budget and write a comparison report.",
+    "analyze": "The paper's section 7 on trained adapters: subspace similarity, amplification, spectra.",
 }
 
 

@@ -1,0 +1,178 @@
+"""Training-step throughput and peak memory: lorakit LoRA vs PEFT LoRA vs full fine-tuning, fp32 and bf16 autocast.
+
+    python bench/train.py [--repeats 3] [--steps 1] [--random]
+
+Workload: SmolLM2-135M (the built-in, or with --random / when it is not installed a random-weight LlamaConfig of
+its shape), batch 8 x 128 tokens, LoRA rank 8 (alpha 16, no dropout) on q_proj and v_proj. One step = forward
+under autocast, the loop's cross-entropy, backward, AdamW step.
+
+Throughput: every configuration lives in this one process and they take turns (repeat r runs each config for
+--steps steps), so slow phases of a shared machine hit all configs alike; we report the median tokens/s.
+
+Peak memory: each configuration runs in a fresh child process. After the model is built, the child resets the
+kernel's resident-set high-water mark (writing 5 to /proc/self/clear_refs), runs one warm-up step and --steps
+more, and reads VmHWM from /proc/self/status. `peak_rss_mib` is that high-water mark (weights + gradients +
+optimizer state + activations, all allocators included, which tracemalloc would miss); `step_mib` is its growth
+over the RSS before the first step. Where clear_refs is unavailable, ru_maxrss is used (it then includes loading).
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+BATCH, LENGTH, RANK, ALPHA = 8, 128, 8, 16
+METHODS = ("lorakit", "peft", "full")
+PRECISIONS = ("fp32", "bf16")
+
+
+def base_model(random_weights: bool) -> torch.nn.Module:
+    """SmolLM2-135M from lorakit.models, or a random model of its shape."""
+    if not random_weights:
+        try:
+            from lorakit.models import load
+
+            return load("smollm2-135m")[0]
+        except Exception as e:  # not installed: fall back to the same shape with random weights
+            print(f"smollm2-135m unavailable ({e}); using random weights of its shape", file=sys.stderr)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(
+        hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536,
+        vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=2048, rms_norm_eps=1e-5,
+        rope_theta=100000.0,
+    ))
+
+
+def prepare(method: str, random_weights: bool) -> torch.nn.Module:
+    model = base_model(random_weights)
+    if method == "lorakit":
+        import lorakit
+
+        lorakit.inject(model, lorakit.LoraConfig(rank=RANK, alpha=ALPHA, targets=("q_proj", "v_proj")))
+    elif method == "peft":
+        import peft
+
+        model = peft.get_peft_model(model, peft.LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
+                                                           target_modules=["q_proj", "v_proj"]))
+    else:
+        model.requires_grad_(True)
+    return model.train()
+
+
+class Runner:
+    """One configuration: its model, optimizer and a fixed batch."""
+
+    def __init__(self, method: str, precision: str, model: torch.nn.Module) -> None:
+        self.name, self.model = f"{method}-{precision}", model
+        self.bf16 = precision == "bf16"
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        ids = torch.randint(0, 49152, (BATCH, LENGTH), generator=torch.Generator().manual_seed(0))
+        self.batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def step(self) -> None:
+        from lorakit.train import cross_entropy_sum
+
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.model(**self.batch).logits
+            loss = cross_entropy_sum(logits, self.batch["input_ids"]) / (BATCH * (LENGTH - 1))
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def tokens_per_s(self, steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        return steps * BATCH * LENGTH / (time.perf_counter() - start)
+
+
+def throughput(repeats: int, steps: int, random_weights: bool) -> dict[str, list[float]]:
+    models = {m: prepare(m, random_weights) for m in METHODS}
+    # fp32 and bf16 of one method share its model: only autocast differs, and separate optimizers keep state apart.
+    runners = [Runner(m, p, models[m]) for m in METHODS for p in PRECISIONS]
+    for runner in runners:
+        runner.step()  # warm-up: allocator, oneDNN kernels, optimizer state
+    results: dict[str, list[float]] = {r.name: [] for r in runners}
+    for _ in range(repeats):
+        for runner in runners:
+            results[runner.name].append(runner.tokens_per_s(steps))
+    return results
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def memory_child(name: str, steps: int, random_weights: bool) -> dict[str, float | str]:
+    import resource
+
+    method, precision = name.split("-")
+    runner = Runner(method, precision, prepare(method, random_weights))
+    before = rss_mib()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        how = "VmHWM after clear_refs"
+    except OSError:
+        how = "ru_maxrss (includes model loading)"
+    for _ in range(steps + 1):
+        runner.step()
+    peak = next((int(line.split()[1]) / 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                 if line.startswith("VmHWM:")), None) if how.startswith("VmHWM") else None
+    if peak is None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"peak_rss_mib": round(peak, 1), "step_mib": round(peak - before, 1), "measured_by": how}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=1, help="timed steps per repeat (and per memory child)")
+    parser.add_argument("--random", action="store_true", help="random weights of SmolLM2's shape")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        print(json.dumps(memory_child(args.memory_child, args.steps, args.random)))
+        return
+    started = time.perf_counter()
+    speeds = throughput(args.repeats, args.steps, args.random)
+    out: dict = {"workload": {"model": "SmolLM2-135M shape" + (" (random)" if args.random else ""),
+                              "batch": BATCH, "tokens": LENGTH, "rank": RANK, "targets": ["q_proj", "v_proj"],
+                              "repeats": args.repeats, "steps_per_repeat": args.steps,
+                              "threads": torch.get_num_threads(), "torch": torch.__version__},
+                 "configs": {}}
+    for name, values in speeds.items():
+        child = [sys.executable, __file__, "--memory-child", name, "--steps", str(args.steps)]
+        child += ["--random"] if args.random else []
+        memory = json.loads(subprocess.run(child, capture_output=True, text=True, check=True).stdout)
+        out["configs"][name] = {"tokens_per_s": round(statistics.median(values), 1),
+                                "tokens_per_s_runs": [round(v, 1) for v in values], **memory}
+    c = out["configs"]
+    out["goals"] = {
+        "lorakit_fp32_over_peft_fp32 (goal >= 1)": round(c["lorakit-fp32"]["tokens_per_s"]
+                                                         / c["peft-fp32"]["tokens_per_s"], 3),
+        "lorakit_default_bf16_over_peft_fp32 (goal >= 1.5)": round(c["lorakit-bf16"]["tokens_per_s"]
+                                                                   / c["peft-fp32"]["tokens_per_s"], 3),
+        "lorakit_peak_over_full_peak_fp32 (goal <= 0.6)": round(c["lorakit-fp32"]["peak_rss_mib"]
+                                                                / c["full-fp32"]["peak_rss_mib"], 3),
+        "lorakit_peak_over_full_peak_bf16 (goal <= 0.6)": round(c["lorakit-bf16"]["peak_rss_mib"]
+                                                                / c["full-bf16"]["peak_rss_mib"], 3),
+    }
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Training every method x seed of a comparison, each in its own run directory, so a crash costs one run.
+
+runs/<label>/seed<k>/result.json marks a finished run (skipped on a rerun); a run directory with checkpoints but no
+result resumes from its newest one. Wall-clock training time is kept in timeline.jsonl per record, so time axes
+survive a resume and leave out evaluation time.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lorakit.compare.config import CompareConfig
+from lorakit.core.config import LoraConfig
+from lorakit.core.errors import ConfigError
+from lorakit.core.io import atomic_write
+from lorakit.methods import ALL, MethodOptions, trainable_count
+from lorakit.train import checkpoint, tasks
+from lorakit.train.config import DataConfig, RunConfig, TrainConfig
+
+RESULT_FILE = "result.json"
+TIMELINE_FILE = "timeline.jsonl"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The data every run shares, tokenized once."""
+
+    train: list
+    dev: list
+    dev_records: list
+    pad_id: int
+    kind: str
+    num_labels: int | None
+
+
+def data_config(config: CompareConfig) -> DataConfig:
+    return DataConfig(task=config.task, train=config.data, glue_task=config.glue_task, max_length=config.max_length,
+                      train_limit=config.train_limit, dev_limit=config.dev_limit)
+
+
+def run_config(config: CompareConfig, method: str, rank: int | None, seed: int, run_dir: Path) -> RunConfig:
+    lora = LoraConfig(rank=rank or config.rank, alpha=config.alpha, targets=config.targets)
+    train = TrainConfig(
+        steps=config.steps, batch_size=config.batch_size, lr=config.learning_rate(method), seed=seed,
+        warmup_steps=config.warmup_steps, eval_every=config.evaluation_interval, save_every=config.evaluation_interval,
+        keep_checkpoints=1, device=config.device, precision=config.precision,
+        best_metric="accuracy" if config.task == "glue" else "dev_loss",
+    )
+    return RunConfig(method=method, run_dir=str(run_dir), data=data_config(config), lora=lora, train=train)
+
+
+def options(config: CompareConfig) -> MethodOptions:
+    return MethodOptions(bottleneck=config.bottleneck, prefix_length=config.prefix_length)
+
+
+def prepare(config: CompareConfig) -> tuple[Prepared, nn.Module, Any]:
+    """Read and tokenize the data and check every method applies to the model, before any training; returns the
+    shared data, a base model and its tokenizer. Every problem is reported in one ConfigError."""
+    from lorakit.models import load
+
+    data = data_config(config)
+    kind, num_labels = tasks.model_kind(data)
+    model, tokenizer = load(config.model, kind=kind, num_labels=num_labels)
+    train_records = tasks.read_split(data, "train") or []
+    dev_records = tasks.read_split(data, "dev") or []
+    problems = []
+    if len(train_records) < config.batch_size:
+        problems.append(f"only {len(train_records)} training examples for a batch of {config.batch_size}; lower "
+                        "--batch-size or add data")
+    if not dev_records:
+        problems.append(f"no dev split found under {config.data}; a comparison needs dev data to evaluate")
+    for label, method, rank in config.variants():
+        try:
+            ALL[method](copy.deepcopy(model), run_config(config, method, rank, 0, Path(".")), options(config))
+        except ConfigError as e:
+            problems.append(f"{label} cannot apply to {config.model}: {e}")
+    if problems:
+        raise ConfigError("cannot run this comparison:\n  - " + "\n  - ".join(problems))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prepared = Prepared(tasks.tokenize(data, train_records, tokenizer), tasks.tokenize(data, dev_records, tokenizer),
+                        dev_records, pad_id, kind, num_labels)
+    return prepared, model, tokenizer
+
+
+def run_all(config: CompareConfig, prepared: Prepared, base: nn.Module, tokenizer: Any,
+            progress: bool = True) -> list[dict[str, Any]]:
+    """Train (or skip, or resume) every variant x seed on `prepare`'s data; returns their results in order."""
+    results = []
+    for label, method, rank in config.variants():
+        for seed in range(config.seeds):
+            run_dir = Path(config.out) / "runs" / label / f"seed{seed}"
+            done = run_dir / RESULT_FILE
+            if done.is_file():
+                results.append(json.loads(done.read_text()))
+                continue
+            if progress:
+                print(f"compare: {label} seed {seed} -> {run_dir}", flush=True)
+            results.append(run_one(config, prepared, base, tokenizer, label, method, rank, seed, run_dir, progress))
+    return results
+
+
+def run_one(config: CompareConfig, prepared: Prepared, base: nn.Module, tokenizer: Any, label: str, method: str,
+            rank: int | None, seed: int, run_dir: Path, progress: bool) -> dict[str, Any]:
+    """Train one variant with one seed (resuming its checkpoint if any), evaluate it, write result.json."""
+    from lorakit.train.loop import fit
+
+    rc = run_config(config, method, rank, seed, run_dir)
+    torch.manual_seed(seed)  # seeds adapter/prefix initialization; a resume overwrites it from the checkpoint
+    model = copy.deepcopy(base)
+    export = ALL[method](model, rc, options(config))
+    trainable, total = trainable_count(model), sum(p.numel() for p in model.parameters())
+    resume = bool(checkpoint.checkpoints(run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    timeline = Timeline(run_dir / TIMELINE_FILE, resume)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    evaluate = tasks.metric_hook(data_config(config), prepared.dev, prepared.pad_id)
+    result = fit(model, prepared.train, rc.train, prepared.dev, run_dir, pad_id=prepared.pad_id, export=export,
+                 evaluate=evaluate, resume=resume, progress=progress, on_log=timeline.record)
+    if result.stopped == "interrupted":
+        raise KeyboardInterrupt
+    final = dict(next(r for r in reversed(result.records) if r["split"] == "dev"))
+    final.pop("step")
+    final.pop("split")
+    if config.task == "e2e":
+        final.update(_generation_metrics(config, model, tokenizer, prepared.dev_records))
+    records = timeline.merged()
+    steps = [r for r in records if r["split"] == "train"]
+    out = {
+        "label": label, "method": method, "rank": rank, "seed": seed, "trainable_params": trainable,
+        "total_params": total, "lr": rc.train.lr, "metrics": final, "records": records,
+        "cost": {
+            "step_seconds": statistics.median(r["step_seconds"] for r in steps),
+            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steps),
+            "train_seconds": steps[-1]["train_seconds"],
+            "peak_memory_mb": _peak_memory_mb(model, trainable),
+            "peak_memory_kind": "cuda max allocated" if torch.cuda.is_available() else "estimate",
+            "checkpoint_mb": _size_mb(run_dir / "final" / export.name),
+        },
+    }
+    atomic_write(run_dir / RESULT_FILE, (json.dumps(out, indent=1) + "\n").encode())
+    return out
+
+
+class Timeline:
+    """Training seconds per metrics record, excluding dev evaluations, continued across resumes."""
+
+    def __init__(self, path: Path, resume: bool):
+        self.path = path
+        if not resume:
+            path.write_text("")
+        self.entries = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+        self.base: float | None = None
+        self.mark = time.perf_counter()
+
+    def record(self, entry: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        if self.base is None:  # first record of this session: continue from the last one before its step
+            earlier = [e["train_seconds"] for e in self.entries if e["step"] < entry["step"]]
+            self.base = max(earlier, default=0.0)
+        row = {k: v for k, v in entry.items() if isinstance(v, (int, float, str))}
+        if entry["split"] == "train":
+            row["step_seconds"] = now - self.mark
+            self.base += now - self.mark
+        row["train_seconds"] = self.base
+        self.mark = now  # evaluation time until the next step's record is not training time
+        self.entries.append(row)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def merged(self) -> list[dict[str, Any]]:
+        """One entry per (step, split): the newest, since a resume recomputes the steps after its checkpoint."""
+        latest = {(e["step"], e["split"]): e for e in self.entries}
+        return sorted(latest.values(), key=lambda e: (e["step"], e["split"] != "train"))
+
+
+def _generation_metrics(config: CompareConfig, model: nn.Module, tokenizer: Any, dev_records: list) -> dict:
+    from lorakit.data import group_references
+    from lorakit.evaluate.decode import DecodeConfig
+    from lorakit.evaluate.run import evaluate_generation
+
+    groups = {g for g, _ in group_references(dev_records)[: config.generate_limit]}
+    pairs = [p for p in dev_records if p.group in groups]
+    decode = DecodeConfig(beams=config.beams, max_new_tokens=64, max_prompt_length=config.max_length)
+    metrics = evaluate_generation(model.eval(), tokenizer, pairs, decode, progress=False).metrics or {}
+    return {k: v for k, v in metrics.items() if v is not None}
+
+
+def _peak_memory_mb(model: nn.Module, trainable: int) -> float:
+    """CUDA's peak allocation, or on CPU the weights plus gradients and AdamW's two moments of what trains
+    (activations excluded: the CPU allocator keeps no peak counter)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return (weights + 3 * 4 * trainable) / 2**20
+
+
+def _size_mb(directory: Path) -> float:
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()) / 2**20 if directory.exists() else 0.0

@@ -1,0 +1,88 @@
+"""Batched beam-search decoding with a KV cache (transformers' `generate` over left-padded batches).
+
+The defaults are the LoRA paper's E2E decoding (Hu et al., 2021, Appendix D.3, Table 11): beam 10, length
+penalty 0.9, no repeated 4-grams, at most 64 new tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+
+from lorakit.core.errors import ConfigError
+from lorakit.data import IGNORE_INDEX, TextPair, tokenize_pairs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How texts are generated."""
+
+    beams: int = 10
+    """Beam width (1 = greedy)."""
+    length_penalty: float = 0.9
+    """Beam scores are divided by length**length_penalty; below 1 favours shorter texts."""
+    no_repeat_ngram_size: int = 4
+    """Never generate an n-gram of this size twice (0 disables)."""
+    max_new_tokens: int = 64
+    """Stop after this many generated tokens."""
+    batch_size: int = 8
+    """Prompts decoded together (each expands to `beams` rows)."""
+    max_prompt_length: int = 512
+    """Prompts longer than this lose tokens from the left, as in training."""
+
+    def __post_init__(self) -> None:
+        problems = [f"{name} must be at least 1 (got {getattr(self, name)})"
+                    for name in ("beams", "max_new_tokens", "batch_size", "max_prompt_length")
+                    if getattr(self, name) < 1]
+        if self.no_repeat_ngram_size < 0:
+            problems.append(f"no_repeat_ngram_size must be 0 or more (got {self.no_repeat_ngram_size})")
+        if problems:
+            raise ConfigError("invalid DecodeConfig:\n  - " + "\n  - ".join(problems))
+
+
+def prompt_ids(
+    prompts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_length: int, chat: bool = False
+) -> list[list[int]]:
+    """Token ids of each prompt exactly as training formats it (the part tokenize_pairs masks from the loss)."""
+    pairs = [TextPair(prompt=p, completion="", group=p) for p in prompts]
+    # max_length + 1 leaves room for the end token tokenize_pairs appends to the (empty) completion.
+    examples = tokenize_pairs(pairs, tokenizer, max_length + 1, chat=chat)
+    return [[t for t, label in zip(e.input_ids, e.labels, strict=True) if label == IGNORE_INDEX] for e in examples]
+
+
+def generate(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
+    config: DecodeConfig = DecodeConfig(), progress: bool = True,
+) -> list[str]:
+    """Generate one text per prompt (token ids), returned stripped, on one line, in the prompts' order.
+
+    Prompts are decoded longest first so each batch holds similar lengths and little padding.
+    """
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    texts: list[str] = [""] * len(prompts)
+    model.eval()
+    batches = range(0, len(order), config.batch_size)
+    for start in tqdm(batches, desc="generate", unit="batch", disable=not progress):
+        rows = order[start: start + config.batch_size]
+        width = max(len(prompts[i]) for i in rows)
+        # Left padding puts every prompt's last token in the last column, where generation continues.
+        ids = torch.tensor([[pad] * (width - len(prompts[i])) + list(prompts[i]) for i in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in rows], device=device)
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, num_beams=config.beams, length_penalty=config.length_penalty,
+                no_repeat_ngram_size=config.no_repeat_ngram_size, max_new_tokens=config.max_new_tokens,
+                do_sample=False, early_stopping=config.beams > 1, pad_token_id=pad, use_cache=True,
+            )
+        for i, row in zip(rows, out[:, width:].tolist(), strict=True):
+            texts[i] = " ".join(tokenizer.decode(row, skip_special_tokens=True).split())
+    return texts

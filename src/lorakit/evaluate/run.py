@@ -1,0 +1,108 @@
+"""Scoring a model on a task: GLUE classification metrics, and E2E-style generation against grouped references."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from lorakit.core.io import atomic_write
+from lorakit.data import Example, TextPair, collate, group_references
+from lorakit.evaluate.decode import DecodeConfig, generate, prompt_ids
+from lorakit.evaluate.metrics import accuracy, e2e_metrics, f1, matthews_corrcoef
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One prediction per unique input (group), in first-seen input order, and the scores if references exist."""
+
+    inputs: tuple[str, ...]
+    predictions: tuple[str, ...]
+    metrics: dict[str, float | None] | None
+    """None when the split has no references (e.g. E2E's test CSV): there is nothing to score against."""
+
+
+def classify(model: nn.Module, examples: Sequence[Example], pad_id: int, batch_size: int = 32) -> list[int]:
+    """The arg-max class of each example under a sequence-classification model, in order."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    predictions: list[int] = []
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = collate(examples[start: start + batch_size], pad_id)
+            logits = model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device)).logits
+            predictions += logits.argmax(-1).tolist()
+    model.train(was_training)
+    return predictions
+
+
+def glue_scores(predictions: Sequence[int], labels: Sequence[int], task: str) -> dict[str, float]:
+    """accuracy for every task, plus F1 for MRPC and Matthews correlation for CoLA (fractions, as sklearn)."""
+    scores = {"accuracy": accuracy(predictions, labels)}
+    if task.lower() == "mrpc":
+        scores["f1"] = f1(predictions, labels)
+    if task.lower() == "cola":
+        scores["matthews_corrcoef"] = matthews_corrcoef(predictions, labels)
+    return scores
+
+
+def evaluate_generation(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[TextPair],
+    decode: DecodeConfig | None = None, chat: bool = False, progress: bool = True,
+) -> GenerationResult:
+    """Decode each unique input once (pairs sharing a group are one input with several references) and score
+    the texts with the five E2E metrics; metrics is None when no input has a reference. decode defaults to the
+    paper's E2E settings (DecodeConfig())."""
+    decode = decode or DecodeConfig()
+    groups = group_references(pairs)
+    prompt_of = {}
+    for pair in pairs:
+        prompt_of.setdefault(pair.group, pair.prompt)
+    inputs = [prompt_of[group] for group, _ in groups]
+    ids = prompt_ids(inputs, tokenizer, decode.max_prompt_length, chat=chat)
+    predictions = generate(model, tokenizer, ids, decode, progress=progress)
+    references = [refs for _, refs in groups]
+    metrics = e2e_metrics(predictions, references) if any(references) else None
+    return GenerationResult(tuple(g for g, _ in groups), tuple(predictions), metrics)
+
+
+def load_trained(
+    model: str, adapter: str | Path | None, kind: str, num_labels: int | None, device: str = "auto"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A base model (built-in name or directory, e.g. a full fine-tune's) with an optional adapter loaded on top,
+    in eval mode on `device`."""
+    from lorakit.core.io import load_adapter
+    from lorakit.models import load, resolve_device
+
+    base, tokenizer = load(model, kind=kind, num_labels=num_labels)
+    if adapter is not None:
+        load_adapter(base, adapter)
+    return base.to(resolve_device(device)).eval(), tokenizer
+
+
+def format_table(metrics: dict[str, float | None]) -> str:
+    """Metrics as an aligned two-column table; None prints as 'n/a'."""
+    width = max(len(k) for k in metrics)
+    rows = [f"{'metric':<{width}}  value", f"{'-' * width}  -------"]
+    rows += [f"{k:<{width}}  {'n/a' if v is None else f'{v:.4f}'}" for k, v in metrics.items()]
+    return "\n".join(rows)
+
+
+def write_lines(path: str | Path, lines: Sequence[str]) -> None:
+    """One text per line, written atomically."""
+    atomic_write(Path(path), "".join(line.replace("\n", " ") + "\n" for line in lines).encode())
+
+
+def write_metrics(path: str | Path, metrics: dict) -> None:
+    """metrics.json, written atomically."""
+    atomic_write(Path(path), (json.dumps(metrics, indent=2) + "\n").encode())
