@@ -89,3 +89,20 @@ def test_mixed_batches_see_weights_changed_in_place(ids):
         lorakit.set_active(model, "a")
         assert (second - model(ids).logits).abs().max() <= 1e-5
     assert not torch.allclose(first, second)
+
+
+def test_adapters_loaded_under_inference_mode_serve_mixed_batches(tmp_path, ids):
+    donor = three_adapters(tiny_llama(), {"a": LoraConfig(rank=4), "b": LoraConfig(rank=2, targets="all-linear")})
+    for name in ("a", "b"):
+        lorakit.save_adapter(donor, tmp_path / name, name)
+    model = tiny_llama()
+    with torch.inference_mode():
+        for name in ("a", "b"):
+            lorakit.load_adapter(model, tmp_path / name, name)
+        with lorakit.adapter_rows(model, ["b", "a", None]):
+            mixed = model(ids).logits
+        with lorakit.adapter_rows(model, ["b", "a", None]):  # same rows again: cached tables reused
+            again = model(ids).logits
+        for i, name in enumerate(["b", "a", None]):
+            assert (mixed[i] - solo(model, ids[i : i + 1], name)[0]).abs().max() <= 1e-5
+    assert torch.equal(mixed, again)

@@ -20,6 +20,7 @@ COMMANDS = {
     "train": "Train from a YAML config with command-line overrides (resumable; torchrun for several processes).",
     "eval": "Decode and score a trained adapter or model on a task's dev/test split.",
     "generate": "Generate texts for prompts with a base model and optional adapter.",
+    "serve": "Serve a base model and many LoRA adapters over an OpenAI-compatible HTTP API.",
     "compare": "Train several fine-tuning methods under one budget and write a comparison report.",
     "analyze": "The paper's section 7 on trained adapters: subspace similarity, amplification, spectra.",
 }

@@ -200,12 +200,20 @@ def adapter_rows(model: nn.Module, choices: Sequence[str | None] | torch.Tensor)
 
 
 def _refresh_version(model: nn.Module, state: AdapterState) -> None:
-    """Bump the version if any LoRA factor changed in place since the stacks were built (e.g. after training)."""
-    key = tuple(p._version for _, m in wrappers(model) for d in (getattr(m, "lora_A", {}), getattr(m, "lora_B", {}))
-                for p in d.values())
+    """Bump the version if any LoRA factor changed in place since the tables were built (e.g. after training).
+
+    Inference tensors have no version counter; they cannot be changed in place outside inference mode, and any
+    reload replaces them, which the registry's version already records.
+    """
+    if getattr(state, "_params", (None,))[0] != state.version:
+        params = [p for _, m in wrappers(model) for d in (getattr(m, "lora_A", {}), getattr(m, "lora_B", {}))
+                  for p in d.values()]
+        state._params = (state.version, params)
+    key = tuple(-1 if p.is_inference() else p._version for p in state._params[1])
     if getattr(state, "_weights_key", None) != key:
         state.version += 1
         state._weights_key = key
+        state._params = (state.version, state._params[1])
 
 
 def unwrap(model: nn.Module) -> nn.Module:

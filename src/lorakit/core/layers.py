@@ -41,8 +41,8 @@ class LoraLinear(nn.Module):
         self.merged: list[str] = []
         self.pissa: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.original_weight: torch.Tensor | None = None
-        self._stack: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
-        self._rows_cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self._stack: tuple | None = None  # (key, A stack, s·Bᵀ stack, owner): see _stacked
+        self._rows_cache: tuple | None = None  # (key, A, s·Bᵀ, mask) of the current rows: see _present
         object.__setattr__(self, "state", state)  # shared, not a submodule: keep it out of state_dict()
 
     # Model code sometimes reads `self.q_proj.weight` (e.g. for its dtype); keep that working through the wrapper.
@@ -158,43 +158,43 @@ class LoraLinear(nn.Module):
             raise AdapterError(f"adapters {self.merged} are merged; unmerge before running a mixed-adapter batch")
         if self.slices:
             return mixed_by_groups(self, x, y, rows)
-        # Each row's (Aᵀ, s·Bᵀ) gathered from stacked tables, then two batched matmuls: one pass for all adapters.
-        at, bt = self._gathered(rows)
+        # All adapters present in the batch at once, without per-row weight copies or rank padding:
+        # t = x·[A_1; A_2; ...]ᵀ (columns = every present adapter's rank), zero the columns that are not the
+        # row's own adapter, then y += t·[s_1·B_1, s_2·B_2, ...]ᵀ. Two plain GEMMs whose inner size is Σ r_i.
+        a, bt, mask = self._present(rows)
+        if a.shape[0] == 0:
+            return y
         b = x.shape[0]
-        t = torch.bmm(x.reshape(b, -1, self.in_features).to(at.dtype), at)  # (b, T, r_max)
-        y.view(b, -1, self.out_features).baddbmm_(t.to(y.dtype), bt.to(y.dtype))  # (b, T, out)
+        t = F.linear(x.to(a.dtype), a).view(b, -1, a.shape[0]) * mask[:, None, :]  # (b, T, Σr)
+        y.view(-1, self.out_features).addmm_(t.view(-1, a.shape[0]).to(y.dtype), bt.to(y.dtype))
         return y
 
-    def _gathered(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-row tables, cached while the same rows run (every decode step of a batch reuses them)."""
-        at, bt = self._stacked()
+    def _present(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(A rows, s·Bᵀ rows, (batch, Σr) 0/1 mask) for the adapters these rows use; cached for these rows."""
+        a_all, bt_all, owner = self._stacked()
         key = (self._stack[0], self.state.rows_version, rows.shape[0])
         if self._rows_cache is None or self._rows_cache[0] != key:
-            self._rows_cache = (key, at.index_select(0, rows), bt.index_select(0, rows))
-        return self._rows_cache[1], self._rows_cache[2]
+            used = torch.zeros(len(self.state.names) + 1, dtype=torch.bool, device=rows.device)
+            used[rows] = True
+            used[0] = False
+            cols = used[owner].nonzero().squeeze(1)
+            mask = (rows[:, None] == owner[cols][None, :]).to(a_all.dtype)
+            self._rows_cache = (key, a_all.index_select(0, cols), bt_all.index_select(0, cols), mask)
+        return self._rows_cache[1], self._rows_cache[2], self._rows_cache[3]
 
-    def _stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N+1, in, r_max) A^T and (N+1, r_max, out) s·B^T tables; row 0 and absent adapters are zeros.
-
-        Ranks are zero-padded to the largest rank on this layer; the padded columns add exact zeros, so results
-        match the unpadded computation up to summation order.
-        """
+    def _stacked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every adapter's A stacked by rows (Σr x in), s·Bᵀ likewise (Σr x out), and each row's adapter index."""
         st = self.state
         a0 = next(iter(self.lora_A.values()))
         key = (st.version, a0.device, a0.dtype)
         if self._stack is None or self._stack[0] != key:
-            r_max = max(a.shape[0] for a in self.lora_A.values())
-            n = len(st.names) + 1
-            at = torch.zeros(n, self.in_features, r_max, dtype=a0.dtype, device=a0.device)
-            bt = torch.zeros(n, r_max, self.out_features, dtype=a0.dtype, device=a0.device)
+            names = [(i, n) for i, n in enumerate(st.names, start=1) if n in self.lora_A]
             with torch.no_grad():
-                for i, name in enumerate(st.names, start=1):
-                    if name in self.lora_A:
-                        r = self.lora_A[name].shape[0]
-                        at[i, :, :r] = self.lora_A[name].t()
-                        bt[i, :r] = self.lora_B[name].t() * self.scaling[name]
-            self._stack = (key, at, bt)
-        return self._stack[1], self._stack[2]
+                a_all = torch.cat([self.lora_A[n] for _, n in names]) if names else a0[:0]
+                bt_all = torch.cat([self.lora_B[n].t() * self.scaling[n] for _, n in names]) if names else a0[:0]
+            owner = torch.cat([torch.full((self.lora_A[n].shape[0],), i, dtype=torch.long) for i, n in names])
+            self._stack = (key, a_all, bt_all.contiguous(), owner.to(a0.device))
+        return self._stack[1], self._stack[2], self._stack[3]
 
     def extra_repr(self) -> str:
         ranks = {n: a.shape[0] for n, a in self.lora_A.items()}

@@ -26,6 +26,7 @@ class AdapterState:
     active: str | None = None
     disabled: bool = False
     _rows: torch.Tensor | None = None
+    _last_rows: torch.Tensor | None = None
     rows_version: int = 0
     """Bumped whenever `rows` is set, so layers can cache per-row gathers for the life of one choice of rows."""
     version: int = 0
@@ -40,8 +41,13 @@ class AdapterState:
 
     @rows.setter
     def rows(self, value: torch.Tensor | None) -> None:
+        # Same choices as the last mixed batch (e.g. the next decode step): keep the version so layers reuse
+        # their per-rows tables instead of rebuilding them every step.
+        last = self._last_rows
+        if value is not None and not (last is not None and last.shape == value.shape and torch.equal(last, value)):
+            self.rows_version += 1
+            self._last_rows = value
         self._rows = value
-        self.rows_version += 1
 
     def register(self, name: str, config: LoraConfig) -> None:
         self.check_new(name)

@@ -1,0 +1,308 @@
+"""lorakit serve under load vs HF PEFT, in one run on one machine; prints JSON.
+
+Model: the built-in smollm2-135m (or --random: a random-weight Llama of its shape), fp32, greedy, `--new-tokens`
+per request, 8 rank-8 q,v adapters with non-zero B. Measured:
+  peft.sequential   one request at a time, set_adapter before each (tokens/s)
+  peft.mixed_N      one generate(adapter_names=...) over N left-padded rows (tokens/s)
+  serve.cN          N concurrent streaming HTTP clients over 8 adapters against a server in its own process:
+                    aggregate generated tokens/s and time-to-first-token p50/p95
+  soak              clients looping for --soak-seconds: errors, server RSS before/after, greedy == solo
+  engine_32_rows    the engine alone (no HTTP): median decode step of 32 rows spread over K resident adapters
+                    (1, 8, 64), and with 8 rank-8 adapters plus one resident rank-64 adapter (every row then
+                    pays for rank 64: the core zero-pads ranks to the largest in its stacked tables)
+
+    python bench/serve.py [--threads 1] [--soak-seconds 20] [--random] [--dtype bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import lorakit
+
+warnings.filterwarnings("ignore")
+ADAPTERS = 8
+
+
+def base_model(use_random: bool, dtype: str = "float32"):
+    """(model, tokenizer): smollm2-135m, or random weights of its shape with its tokenizer."""
+    from lorakit.models import load
+
+    model, tok = load("smollm2-135m")
+    if use_random:
+        from transformers import LlamaForCausalLM
+
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(model.config).eval()
+    return model.to(getattr(torch, dtype)).eval(), tok
+
+
+def make_adapters(model, root: Path, count: int, rank: int = 8, seed: int = 0) -> list[Path]:
+    """Save `count` rank-`rank` q,v adapters with random non-zero B; the model is left as it was."""
+    dirs = []
+    for i in range(count):
+        name = f"r{rank}_{i}"
+        lorakit.inject(model, lorakit.LoraConfig(rank=rank, alpha=2 * rank, targets=("q_proj", "v_proj")), name)
+        g = torch.Generator().manual_seed(seed + i)
+        with torch.no_grad():
+            for _, m in lorakit.core.inject.wrappers(model):
+                m.lora_B[name].copy_(torch.randn(m.lora_B[name].shape, generator=g) * 0.02)
+        dirs.append(lorakit.save_adapter(model, root / name, name))
+        lorakit.delete_adapter(model, name)
+    lorakit.unwrap(model)
+    return dirs
+
+
+def prompts(count: int) -> list[str]:
+    topics = ["a lighthouse", "SQL joins", "a restaurant review", "the moon", "bread", "a chess game", "rain",
+              "a robot", "trains", "a garden", "music", "the sea"]
+    return [f"Write {('a short', 'one', 'a long')[i % 3]} paragraph about {topics[i % len(topics)]} number {i}."
+            for i in range(count)]
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))], 3)
+
+
+# ---- HF PEFT ----
+
+def bench_peft(model, tok, dirs: list[Path], texts: list[str], new: int, sequential: bool) -> dict:
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(model, dirs[0], adapter_name="a0")
+    for i, d in enumerate(dirs[1:], start=1):
+        peft_model.load_adapter(d, adapter_name=f"a{i}")
+    peft_model.eval()
+    tok.padding_side = "left"
+    kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id)
+    out: dict = {}
+    with torch.inference_mode():
+        if sequential:
+            t = time.perf_counter()
+            for i, text in enumerate(texts[:ADAPTERS]):
+                peft_model.set_adapter(f"a{i % ADAPTERS}")
+                peft_model.generate(**tok([text], return_tensors="pt"), **kw)
+            out["sequential_8"] = {"tokens_per_s": round(ADAPTERS * new / (time.perf_counter() - t), 1)}
+        for n in (8, 32):
+            batch = tok(texts[:n], return_tensors="pt", padding=True)
+            t = time.perf_counter()
+            peft_model.generate(**batch, adapter_names=[f"a{i % ADAPTERS}" for i in range(n)], **kw)
+            out[f"mixed_{n}"] = {"tokens_per_s": round(n * new / (time.perf_counter() - t), 1)}
+    return out
+
+
+# ---- the server, in its own process ----
+
+def serve_process(use_random: bool, dtype: str, dirs: list[str], port: int, threads: int) -> None:
+    import uvicorn
+
+    from lorakit.serve.app import create_app
+    from lorakit.serve.engine import Engine
+    from lorakit.serve.pool import AdapterPool
+    from lorakit.serve.service import Service
+
+    torch.set_num_threads(threads)
+    model, tok = base_model(use_random, dtype)
+    pool = AdapterPool(model)
+    for i, d in enumerate(dirs):
+        pool.add(f"a{i}", d, trusted=True)
+    app = create_app(Service(Engine(model, tok, pool), "base"))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+async def one(client, url: str, model: str, prompt: str, new: int) -> tuple[str, float, int]:
+    """(text, time to first token, tokens) of one streamed greedy completion."""
+    body = {"model": model, "prompt": prompt, "max_tokens": new, "temperature": 0, "stream": True,
+            "ignore_eos": True, "stream_options": {"include_usage": True}}
+    t = time.perf_counter()
+    first, text, tokens = None, "", 0
+    async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {await r.aread()}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            for c in chunk["choices"]:
+                first = first if first is not None else time.perf_counter() - t
+                text += c["text"]
+    return text, first or 0.0, tokens
+
+
+async def concurrent(url: str, jobs: list[tuple[str, str]], new: int) -> tuple[list[str], dict]:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=128)) as client:
+        t = time.perf_counter()
+        results = await asyncio.gather(*(one(client, url, m, p, new) for m, p in jobs))
+        wall = time.perf_counter() - t
+    ttft = [r[1] for r in results]
+    stats = {"requests": len(jobs), "tokens_per_s": round(sum(r[2] for r in results) / wall, 1),
+             "ttft_p50_s": pct(ttft, 0.5), "ttft_p95_s": pct(ttft, 0.95), "wall_s": round(wall, 2)}
+    return [r[0] for r in results], stats
+
+
+async def soak(url: str, jobs: list[tuple[str, str]], solo: dict, new: int, seconds: float, clients: int) -> dict:
+    import httpx
+
+    errors, mismatches, done = 0, 0, 0
+    stop = time.monotonic() + seconds
+    rng = random.Random(0)
+
+    async def worker(client):
+        nonlocal errors, mismatches, done
+        while time.monotonic() < stop:
+            job = rng.choice(jobs)
+            try:
+                text, _, _ = await one(client, url, *job, new)
+                mismatches += text != solo[job]
+                done += 1
+            except Exception:
+                errors += 1
+
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=128)) as client:
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+    return {"seconds": seconds, "clients": clients, "requests": done, "errors": errors, "not_equal_to_solo": mismatches}
+
+
+def bench_server(args, dirs: list[Path], texts: list[str]) -> dict:
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = mp.get_context("spawn").Process(target=serve_process,
+                                           args=(args.random, args.dtype, [str(d) for d in dirs], port, args.threads))
+    proc.start()
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or not proc.is_alive():
+                raise RuntimeError("the benchmark server did not start")
+            time.sleep(0.5)
+        jobs = [(f"a{i % ADAPTERS}", texts[i]) for i in range(32)]
+        solo = {job: asyncio.run(concurrent(url, [job], args.new_tokens))[0][0] for job in jobs}
+        out: dict = {}
+        for n in (8, 32):
+            got, out[f"c{n}"] = asyncio.run(concurrent(url, jobs[:n], args.new_tokens))
+            out[f"c{n}"]["not_equal_to_solo"] = sum(g != solo[j] for g, j in zip(got, jobs[:n], strict=True))
+        before = rss_mb(proc.pid)
+        out["soak"] = asyncio.run(soak(url, jobs, solo, args.new_tokens, args.soak_seconds, 32))
+        out["soak"].update(rss_before_mb=before, rss_after_mb=rss_mb(proc.pid))
+        return out
+    finally:
+        proc.terminate()
+        proc.join(30)
+
+
+# ---- the engine alone: resident adapter count and rank padding ----
+
+def engine_step_times(model, tok, dirs: list[Path], texts: list[str], new: int) -> list[float]:
+    """Seconds of each decode step with 32 rows spread over every adapter in `dirs` (all resident)."""
+    from lorakit.serve.engine import Engine
+    from lorakit.serve.pool import AdapterPool
+    from lorakit.serve.sampling import SamplingParams
+
+    pool = AdapterPool(model)
+    for i, d in enumerate(dirs):
+        pool.add(f"a{i}", d, trusted=True)
+    engine = Engine(model, tok, pool)
+    params = SamplingParams(max_tokens=new, temperature=0, ignore_eos=True)
+    for i, text in enumerate(texts[:32]):
+        engine.submit(tok.encode(text), f"a{i % len(dirs)}", params, lambda e: None)
+    engine.step()  # admission and prefill
+    times = []
+    while engine.running:
+        t = time.perf_counter()
+        engine.step()
+        times.append(time.perf_counter() - t)
+    for name in pool.names():
+        pool.remove(name)
+    lorakit.unwrap(model)
+    return times[:-1]  # the last step only finishes rows
+
+
+def bench_engine(model, tok, dirs: list[Path], rank64: list[Path], texts: list[str], new: int, rounds: int) -> dict:
+    """Decode tokens/s at 32 rows from the median step time; configurations interleave round by round, so the
+    shared machine's load drifts over all of them alike."""
+    configs = {"adapters_1": dirs[:1], "adapters_8": dirs[:8], "adapters_64": dirs[:64],
+               "adapters_8_plus_one_rank_64": dirs[:8] + rank64}
+    steps: dict[str, list[float]] = {k: [] for k in configs}
+    for _ in range(rounds):
+        for name, ds in configs.items():
+            steps[name] += engine_step_times(model, tok, ds, texts, new)
+    out = {k: {"median_step_ms": round(1000 * statistics.median(v), 1),
+               "decode_tokens_per_s": round(32 / statistics.median(v), 1)} for k, v in steps.items()}
+    base = out["adapters_1"]["decode_tokens_per_s"]
+    for v in out.values():
+        v["vs_adapters_1"] = round(v["decode_tokens_per_s"] / base, 3)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--random", action="store_true", help="random weights of smollm2-135m's shape")
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--soak-seconds", type=float, default=20)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    p.add_argument("--skip-peft-sequential", action="store_true")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the engine-alone measurements")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="for PEFT and lorakit alike")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    model, tok = base_model(args.random, args.dtype)
+    texts = prompts(32)
+    result: dict = {"model": "random smollm2-135m shape" if args.random else "smollm2-135m", "dtype": args.dtype,
+                    "threads": args.threads, "new_tokens": args.new_tokens, "adapters": ADAPTERS}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        dirs = make_adapters(model, root, 64)
+        rank64 = make_adapters(model, root, 1, rank=64, seed=100)
+        peft_base = base_model(args.random, args.dtype)[0]
+        result["peft"] = bench_peft(peft_base, tok, dirs[:ADAPTERS], texts, args.new_tokens,
+                                    not args.skip_peft_sequential)
+        del peft_base
+        print(json.dumps(result), file=sys.stderr)
+        result["serve"] = bench_server(args, dirs[:ADAPTERS], texts)
+        print(json.dumps(result), file=sys.stderr)
+        result["engine_32_rows"] = bench_engine(model, tok, dirs, rank64, texts, 16, args.rounds)
+    peft_mixed = result["peft"]["mixed_8"]["tokens_per_s"]
+    result["speedup_vs_peft_mixed"] = {
+        "c8": round(result["serve"]["c8"]["tokens_per_s"] / peft_mixed, 2),
+        "c32": round(result["serve"]["c32"]["tokens_per_s"] / result["peft"]["mixed_32"]["tokens_per_s"], 2),
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

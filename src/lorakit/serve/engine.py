@@ -1,0 +1,378 @@
+"""Continuous batching: one base model, many adapters, one forward pass per decode step for every running row.
+
+Each iteration: run queued calls (adapter loads), admit waiting requests (each prompt is prefilled alone, so its
+first token does not depend on the batch), then one decode step for all running rows with per-row adapter ids
+(lorakit.adapter_rows) over a shared right-aligned KV cache (kv.BatchCache). Finished and cancelled rows leave
+between steps. Only the engine's thread touches the model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import DynamicCache, PreTrainedTokenizerBase
+
+import lorakit
+from lorakit.core.state import ATTR
+from lorakit.serve.kv import BatchCache
+from lorakit.serve.metrics import Metrics
+from lorakit.serve.pool import AdapterPool
+from lorakit.serve.sampling import SamplingParams, choose_tokens
+from lorakit.serve.text import TextStream
+
+
+@dataclass
+class Event:
+    """What one request produced since its last event; `finish_reason` is set on its last event."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+    """"stop" (end-of-sequence or a stop string), "length" (max_tokens or the context), "cancelled", "error"."""
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(eq=False)
+class Request:
+    """One request: its prompt, adapter, sampling state and output so far."""
+
+    id: int
+    prompt: list[int]
+    adapter: str | None
+    """Public adapter name, or None for the base model."""
+    params: SamplingParams
+    on_event: Callable[[Event], None]
+    stream: TextStream
+    key: str | None = None
+    """The adapter's name on the model while the request runs (a versioned pool key)."""
+    output: list[int] = field(default_factory=list)
+    generator: torch.Generator | None = None
+    cancelled: bool = False
+    finished: bool = False
+    submitted: float = field(default_factory=time.monotonic)
+    first_token: float | None = None
+
+
+class Engine:
+    """Schedules requests for one model over its adapter pool; `start` runs it on a background thread."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        pool: AdapterPool,
+        max_batch: int = 64,
+        max_context: int | None = None,
+        prefill_tokens: int = 4096,
+        metrics: Metrics | None = None,
+        merged: str | None = None,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pool = pool
+        self.max_batch = max_batch
+        self.max_context = max_context or context_length(model)
+        self.prefill_tokens = prefill_tokens
+        """Most prompt tokens prefilled between two decode steps, so joins never stall running rows for long."""
+        self.metrics = metrics or Metrics()
+        self.merged = merged
+        """With --merge: the one adapter merged into the weights, served by plain forwards."""
+        self.device = next(model.parameters()).device
+        self.eos = eos_ids(model, tokenizer)
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.batch = BatchCache()
+        self.calls: deque[tuple[Callable[[], object], Future]] = deque()
+        self._ids = itertools.count(1)
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+
+    # ---- called from any thread ----
+
+    def submit(self, prompt: list[int], adapter: str | None, params: SamplingParams,
+               on_event: Callable[[Event], None]) -> Request:
+        """Queue a request; `on_event` is called on the engine's thread with each piece of output."""
+        seq = Request(next(self._ids), list(prompt), adapter, params, on_event, TextStream(self.tokenizer, params.stop))
+        with self._wake:
+            self.waiting.append(seq)
+            self._wake.notify()
+        return seq
+
+    def cancel(self, seq: Request) -> None:
+        """Stop a request at the next step and free its row (a no-op for a finished one)."""
+        seq.cancelled = True
+        with self._wake:
+            self._wake.notify()
+
+    def call(self, fn: Callable[[], object]) -> Future:
+        """Run fn on the engine's thread between steps (for anything that changes the model); its result."""
+        future: Future = Future()
+        with self._wake:
+            self.calls.append((fn, future))
+            self._wake.notify()
+        if self._thread is None:
+            self._run_calls()
+        return future
+
+    def start(self) -> None:
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="lorakit-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread; requests still waiting or running end with an error."""
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._fail_all("the server is shutting down")
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stop and not (self.waiting or self.running or self.calls):
+                    self._wake.wait()
+                if self._stop:
+                    return
+            try:
+                self.step()
+            except Exception as e:  # e.g. out of memory: fail the requests in flight, keep serving new ones
+                self._fail_all(f"the engine failed: {type(e).__name__}: {e}")
+
+    def _fail_all(self, error: str) -> None:
+        with self._wake:
+            waiting = list(self.waiting)
+            self.waiting.clear()
+        for seq in waiting + self.running:
+            self._finish(seq, "error", "", error=error)
+        self.running = []
+        self.batch = BatchCache()
+
+    # ---- the engine's thread ----
+
+    def step(self) -> None:
+        """One scheduling iteration: calls, admissions (with prefill), one decode step for all running rows."""
+        self._run_calls()
+        self._drop_cancelled()
+        self._admit()
+        if self.running:
+            self._decode()
+        self.metrics.set_gauges(waiting=len(self.waiting), running=len(self.running),
+                                adapters=sum(e.resident for e in self.pool.entries.values()),
+                                loads=self.pool.loads, evictions=self.pool.evictions)
+
+    def run_until_idle(self) -> None:
+        """Step until nothing is waiting or running (for tests and benchmarks that drive the engine directly)."""
+        while self.waiting or self.running or self.calls:
+            self.step()
+
+    def _run_calls(self) -> None:
+        while self.calls:
+            with self._wake:
+                fn, future = self.calls.popleft()
+            try:
+                future.set_result(fn())
+            except BaseException as e:  # the caller gets the exception, the engine goes on
+                future.set_exception(e)
+
+    def _drop_cancelled(self) -> None:
+        with self._wake:  # submit() appends from other threads; iterating needs the deque to hold still
+            dropped = [s for s in self.waiting if s.cancelled]
+            for seq in dropped:
+                self.waiting.remove(seq)
+        gone = [s for s in self.running if s.cancelled]
+        for seq in dropped + gone:
+            self._finish(seq, "cancelled", "")
+        if gone:
+            self._keep([s for s in self.running if not s.cancelled])
+
+    def _admit(self) -> None:
+        """Move waiting requests into the batch, prefilling them together in one forward pass.
+
+        The padded prefill (rows x longest prompt) stays under prefill_tokens, so running rows are never
+        stalled long by a crowd of newcomers; a request whose adapter cannot fit yet keeps its place in line.
+        """
+        joining: list[Request] = []
+        blocked: list[Request] = []
+        while self.waiting and len(self.running) + len(joining) < self.max_batch:
+            seq = self.waiting[0]
+            longest = max([len(s.prompt) for s in joining] + [len(seq.prompt)])
+            if joining and (len(joining) + 1) * longest > self.prefill_tokens:
+                break
+            self.waiting.popleft()
+            if not self._acquire(seq):
+                blocked.append(seq)
+            elif not seq.finished:
+                joining.append(seq)
+        self.waiting.extendleft(reversed(blocked))
+        if joining:
+            try:
+                self._prefill(joining)
+            except Exception as e:  # the rows are in neither list yet: fail them here, then let the loop recover
+                for seq in joining:
+                    self._finish(seq, "error", "", error=f"the engine failed: {type(e).__name__}: {e}")
+                raise
+
+    def _acquire(self, seq: Request) -> bool:
+        """Reserve the request's adapter (loading it if evicted); False if it must wait for room.
+
+        A request whose adapter is gone or fails to load is finished here with an error.
+        """
+        if seq.adapter is None or seq.adapter == self.merged:
+            return True
+        if not self.pool.contains(seq.adapter):
+            self._finish(seq, "error", "", error=f"adapter {seq.adapter!r} was unloaded before the request started")
+            return True
+        try:
+            seq.key = self.pool.acquire(seq.adapter)
+        except lorakit.LoraError as e:
+            self._finish(seq, "error", "", error=f"adapter {seq.adapter!r} could not be loaded: {e}")
+            return True
+        return seq.key is not None
+
+    def _prefill(self, rows: list[Request]) -> None:
+        lengths = [len(s.prompt) for s in rows]
+        longest = max(lengths)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([[pad] * (longest - len(s.prompt)) + s.prompt for s in rows], device=self.device)
+        mask, positions = prefill_mask(lengths, longest, self.device, self._mask_dtype())
+        for seq in rows:
+            seq.generator = seq.params.generator(self.device)
+        cache = DynamicCache()
+        logits = self._forward(rows, ids, mask, positions, cache)
+        self.batch.add(cache, lengths)
+        self.running.extend(rows)
+        self._emit(rows, logits)
+
+    def _mask_dtype(self) -> torch.dtype | None:
+        """None: a boolean mask (sdpa); else the dtype of an additive mask (eager attention adds it)."""
+        impl = getattr(self.model.config, "_attn_implementation", "sdpa")
+        return None if impl == "sdpa" else next(self.model.parameters()).dtype
+
+    def _decode(self) -> None:
+        rows = self.running
+        ids = torch.tensor([[s.output[-1]] for s in rows], device=self.device)
+        mask = self.batch.step_mask()
+        positions = torch.tensor([[len(s.prompt) + len(s.output) - 1] for s in rows], device=self.device)
+        logits = self._forward(rows, ids, mask, positions, self.batch.cache)
+        self.batch.advance(mask)
+        self.metrics.observe_batch(len(rows))
+        self._emit(rows, logits)
+
+    def _forward(self, rows: list[Request], ids: torch.Tensor, mask: torch.Tensor | None,
+                 positions: torch.Tensor | None, cache: DynamicCache) -> torch.Tensor:
+        """(B, vocab) next-token logits; one pass serves every row's adapter.
+
+        Only the forward runs in inference mode: adapters loaded in it would be inference tensors, which the
+        core's change detection (tensor version counters) cannot read.
+        """
+        kwargs = dict(attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+        state = getattr(self.model, ATTR, None)
+        if self.merged is not None or state is None or not state.names:
+            with torch.inference_mode():
+                return self.model(ids, **kwargs).logits[:, -1]
+        with lorakit.adapter_rows(self.model, [s.key for s in rows]), torch.inference_mode():
+            return self.model(ids, **kwargs).logits[:, -1]
+
+    def _emit(self, rows: list[Request], logits: torch.Tensor) -> None:
+        tokens = choose_tokens(logits, [s.params for s in rows], [s.generator for s in rows]).tolist()
+        done: list[Request] = []
+        now = time.monotonic()
+        for seq, token in zip(rows, tokens, strict=True):
+            if seq.first_token is None:
+                seq.first_token = now
+                self.metrics.observe_first_token(now - seq.submitted)
+            seq.output.append(token)
+            reason = None
+            if token in self.eos and not seq.params.ignore_eos:
+                text = seq.stream.finish()
+                reason = "stop"
+            else:
+                text = seq.stream.add(token)
+                if seq.stream.stopped:
+                    reason = "stop"
+                elif len(seq.output) >= seq.params.max_tokens or len(seq.prompt) + len(seq.output) >= self.max_context:
+                    text += seq.stream.finish()  # the flushed tail may still complete a stop string
+                    reason = "stop" if seq.stream.stopped else "length"
+            if reason is None:
+                self._send(seq, Event(text, [token]))
+            else:
+                self._finish(seq, reason, text, token=token)
+                done.append(seq)
+        if done:
+            self._keep([s for s in self.running if s not in done])
+
+    def _keep(self, rows: list[Request]) -> None:
+        index = {id(s): i for i, s in enumerate(self.running)}
+        self.batch.keep([index[id(s)] for s in rows])
+        self.running = rows
+
+    def _finish(self, seq: Request, reason: str, text: str, token: int | None = None, error: str | None = None) -> None:
+        if seq.finished:
+            return
+        if seq.key is not None:
+            self.pool.release(seq.key)
+        seq.finished = True
+        self.metrics.observe_finish(seq.adapter, reason, len(seq.prompt), len(seq.output),
+                                    time.monotonic() - seq.submitted)
+        self._send(seq, Event(text, [] if token is None else [token], reason, error,
+                              len(seq.prompt), len(seq.output)))
+
+    def _send(self, seq: Request, event: Event) -> None:
+        try:
+            seq.on_event(event)
+        except Exception:  # a listener that is gone (closed event loop) must not stop the engine
+            seq.cancelled = True
+
+
+def context_length(model: nn.Module) -> int:
+    """The model's context window in tokens, from its config."""
+    cfg = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if getattr(cfg, key, None):
+            return int(getattr(cfg, key))
+    return 2048
+
+
+def eos_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Token ids that end a generation: the generation config's eos (one or a list) and the tokenizer's."""
+    found: set[int] = set()
+    gen = getattr(model, "generation_config", None)
+    for value in (getattr(gen, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            found.add(value)
+        elif isinstance(value, list | tuple):
+            found.update(int(v) for v in value)
+    return found
+
+
+def prefill_mask(lengths: list[int], longest: int, device: torch.device, dtype: torch.dtype | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 1, L, L) attention mask and (n, L) positions for left-padded prompts prefilled together.
+
+    Real tokens attend causally to their own prompt only. A padding position attends to itself alone, so no
+    softmax row is empty (an all-masked row gives NaN, which would reach the cache); its keys and values are
+    finite and every later query masks them out.
+    """
+    pad = torch.tensor([longest - n for n in lengths], device=device)[:, None, None]
+    q = torch.arange(longest, device=device)[:, None]
+    k = torch.arange(longest, device=device)[None, :]
+    allowed = ((k <= q) & (k >= pad)) | (k == q)  # (n, L, L)
+    positions = (torch.arange(longest, device=device)[None, :] - pad[:, :, 0]).clamp(min=0)
+    if dtype is None:
+        return allowed[:, None], positions
+    zero = torch.zeros((), dtype=dtype, device=device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)[:, None], positions

@@ -1,0 +1,65 @@
+"""`lorakit serve` wiring: arguments, startup adapters, --merge (one adapter at base-model latency, nothing else)."""
+
+from __future__ import annotations
+
+import argparse
+
+import httpx
+import openai
+import pytest
+from serve_support import make_adapters, running_server, tiny_model, tiny_tokenizer
+
+from lorakit import ConfigError
+from lorakit.cli.serve import add_parser, build_service, parse_adapters
+from lorakit.serve.app import create_app
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    tiny_model().save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    return d
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_parser(p)
+    return p.parse_args(list(argv))
+
+
+def test_malformed_adapter_options_are_all_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        parse_adapters(["sql", "=x", "a=1", "a=2"])
+    assert "'sql' must look like NAME=PATH" in str(e.value) and "'=x'" in str(e.value) and "given twice" in str(e.value)
+    assert parse_adapters(["sql=./a=b"])["sql"].name == "a=b"
+
+
+def test_merge_needs_exactly_one_adapter_and_no_runtime_loading(model_dir, tmp_path):
+    paths = make_adapters(tmp_path)
+    with pytest.raises(ConfigError, match="exactly one adapter"):
+        build_service(parse("--model", str(model_dir), "--merge", "--adapter", f"sql={paths['sql']}",
+                            "--adapter", f"e2e={paths['e2e']}"))
+    with pytest.raises(ConfigError, match="drop --adapter-root"):
+        build_service(parse("--model", str(model_dir), "--merge", "--adapter", f"sql={paths['sql']}",
+                            "--adapter-root", str(tmp_path)))
+
+
+def test_a_merged_server_serves_only_its_adapter_with_the_unmerged_output(model_dir, tmp_path):
+    paths = make_adapters(tmp_path)
+    plain = build_service(parse("--model", str(model_dir), "--adapter", f"sql={paths['sql']}", "--device", "cpu"))
+    merged = build_service(parse("--model", str(model_dir), "--adapter", f"sql={paths['sql']}", "--merge",
+                                 "--served-model-name", "tiny"))
+    outputs = []
+    for service in (plain, merged):
+        with running_server(create_app(service)) as url:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+            outputs.append(client.completions.create(model="sql", prompt="merge", max_tokens=10, temperature=0,
+                                                     extra_body={"ignore_eos": True}).choices[0].text)
+            if service is merged:
+                assert [m.id for m in client.models.list().data] == ["sql"]
+                with pytest.raises(openai.NotFoundError, match="merged into the weights"):
+                    client.completions.create(model="tiny", prompt="base?", max_tokens=2)
+                r = httpx.post(url + "/v1/load_lora_adapter", json={"lora_name": "e2e", "lora_path": "e2e"})
+                assert r.status_code == 400 and "--merge" in r.text
+    assert outputs[0] == outputs[1]
