@@ -170,6 +170,10 @@ def main() -> None:
         lorakit.unmerge(lk)
         mg_pf.append(timed(pm.merge_adapter))
         un_pf.append(timed(pm.unmerge_adapter))
+    # The floor for any in-place merge: one read and one write of every adapted weight (W.mul_(1.0)).
+    adapted = [m.base_layer.weight for _, m in lorakit.core.inject.wrappers(lk) if "a0" in m.lora_A]
+    with torch.no_grad():
+        floor = med([timed(lambda: [w.mul_(1.0) for w in adapted]) for _ in range(args.rounds)])
     drift = max((p - w0[n]).abs().max().item() for n, p in lk.named_parameters() if n in w0)
     for _ in range(max(3, args.rounds // 2)):
         a, b = copy.deepcopy(lk), copy.deepcopy(pm)
@@ -182,6 +186,7 @@ def main() -> None:
         "lorakit_unmerge": round(1000 * med(un_lk), 2), "peft_unmerge_adapter": round(1000 * med(un_pf), 2),
         "lorakit_merge_and_unwrap": round(1000 * med(mu_lk), 2), "peft_merge_and_unload": round(1000 * med(mu_pf), 2),
         "unmerge_max_abs_drift_after_all_rounds": drift,
+        "memory_floor_one_pass_over_adapted_weights": round(1000 * floor, 2),
     }
     json.dump(out, sys.stdout, indent=2)
     print()

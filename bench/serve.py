@@ -8,8 +8,9 @@ per request, 8 rank-8 q,v adapters with non-zero B. Measured:
                     aggregate generated tokens/s and time-to-first-token p50/p95
   soak              clients looping for --soak-seconds: errors, server RSS before/after, greedy == solo
   engine_32_rows    the engine alone (no HTTP): median decode step of 32 rows spread over K resident adapters
-                    (1, 8, 64), and with 8 rank-8 adapters plus one resident rank-64 adapter (every row then
-                    pays for rank 64: the core zero-pads ranks to the largest in its stacked tables)
+                    (1, 8, 64), and with 8 rank-8 adapters plus one resident rank-64 adapter (the core's mixed
+                    path multiplies by the stacked factors of the adapters present in the batch, so an idle
+                    rank-64 adapter should cost nothing and a present one only its own rank)
 
     python bench/serve.py [--threads 1] [--soak-seconds 20] [--random] [--dtype bfloat16]
 """

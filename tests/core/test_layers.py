@@ -115,3 +115,15 @@ def test_lora_gradients_reach_only_the_adapter(ids):
     model(ids, labels=ids).loss.backward()
     grads = {n for n, p in model.named_parameters() if p.grad is not None}
     assert grads and all(".lora_" in n for n in grads)
+
+
+def test_lora_trains_under_bf16_autocast(ids):
+    model = tiny_llama()
+    lorakit.inject(model, LoraConfig(rank=4, targets="all-linear"))
+    randomize(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(ids, labels=ids).loss
+    loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if ".lora_" in n)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (model(ids).logits.float() - model.float()(ids).logits).abs().max() < 0.5

@@ -17,6 +17,7 @@ from lorakit.core.state import AdapterState
 
 # (index into the 2-D weight view, left, right): that part of W gets s·(left @ right). One merge formula for all.
 Part = tuple[tuple[slice, slice], torch.Tensor, torch.Tensor]
+WHOLE = (slice(None), slice(None))
 
 
 class LoraLinear(nn.Module):
@@ -103,7 +104,10 @@ class LoraLinear(nn.Module):
 
     def delta_parts(self, name: str) -> list[Part]:
         """Where s·left@right goes in weight_2d() for each adapted slice."""
-        a, b, p = self.lora_A[name], self.lora_B[name], self.part_size
+        a, b = self.lora_A[name], self.lora_B[name]
+        if not self.slices:  # the common case, without the per-slice bookkeeping below
+            return [(WHOLE, a.t(), b.t())] if self.transposed else [(WHOLE, b, a)]
+        p = self.part_size
         r = a.shape[0] // len(self.enabled)
         parts: list[Part] = []
         for j, e in enumerate(self.enabled):
@@ -147,9 +151,13 @@ class LoraLinear(nn.Module):
         # not need its output, so writing into it is autograd-safe, and it saves allocating and copying a second
         # (tokens x out) tensor, which measured ~3x more overhead than the LoRA arithmetic itself.
         a, b = self.lora_A[name], self.lora_B[name]
-        t = F.linear(x.to(a.dtype), a)
-        bt = b.t() if b.dtype == y.dtype else b.t().to(y.dtype)
-        y.view(-1, self.out_features).addmm_(t.reshape(-1, t.shape[-1]).to(y.dtype), bt, alpha=self.scaling[name])
+        # dtype checks before .to(): a no-op .to() still costs microseconds, paid 60x per forward.
+        t = F.linear(x if x.dtype == a.dtype else x.to(a.dtype), a)
+        if t.dtype != y.dtype:
+            t = t.to(y.dtype)
+        if b.dtype != y.dtype:  # e.g. bf16 autocast: in-place ops are not autocast, so match y ourselves
+            b = b.to(y.dtype)
+        y.view(-1, self.out_features).addmm_(t.view(-1, t.shape[-1]), b.t(), alpha=self.scaling[name])
         return y
 
     def _mixed(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -204,7 +212,9 @@ class LoraLinear(nn.Module):
 def apply_delta(w2: torch.Tensor, parts: list[Part], scale: float) -> None:
     """w2[index] += scale·(left @ right) for each part, in place. The one merge formula."""
     for index, left, right in parts:
-        w2[index].addmm_(left.to(w2.dtype), right.to(w2.dtype), alpha=scale)
+        if left.dtype != w2.dtype:
+            left, right = left.to(w2.dtype), right.to(w2.dtype)
+        (w2 if index is WHOLE else w2[index]).addmm_(left, right, alpha=scale)
 
 
 def row_ids_for(state: AdapterState, batch: int) -> torch.Tensor:

@@ -193,7 +193,7 @@ def load_adapter(
     with torch.no_grad():
         for path, sd in plan.saved.items():
             model.get_submodule(path).copies[name].load_state_dict(sd)
-        params = {peft_keys.plain_name(n): p for n, p in model.named_parameters()}
+        params = {peft_keys.plain_name(n): p for n, p in model.named_parameters()} if plan.biases else {}
         for pname, t in plan.biases.items():
             params[pname].copy_(t)
     if trainable:

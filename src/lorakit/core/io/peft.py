@@ -16,6 +16,7 @@ from lorakit.core.layers_extra import LoraEmbedding, SavedModule
 from lorakit.core.targets import kind_of, matches
 
 PREFIX = "base_model.model."
+LORA_KEY = re.compile(r"(.+)\.(lora_A|lora_B)\.weight|(.+)\.(lora_embedding_A|lora_embedding_B)")
 # Keys PEFT (0.x up to 0.21) writes in a LoRA adapter_config.json. Anything else is refused as unknown.
 KNOWN_KEYS = {
     "peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping", "r",
@@ -137,14 +138,17 @@ def plan_load(model: nn.Module, config: dict, meta: dict, tensors: dict, fp: dic
     if diff:
         said = ", ".join(f"{k}: adapter {a!r} vs model {b!r}" for k, (a, b) in sorted(diff.items()))
         raise AdapterFileError(f"{where} was saved for a different base model ({said}); load it on that model")
-    modules = {n: m for n, m in model.named_modules()}
-    params = {plain_name(n): p for n, p in model.named_parameters()}
+    keys = [key[len(PREFIX) :] if key.startswith(PREFIX) else key for key in tensors]
+    # Walking every module and parameter dominates loading a further adapter on a large model; a plain LoRA
+    # file (only lora_* keys) needs neither, so build those maps only when other keys are present.
+    plain = all(LORA_KEY.fullmatch(k) for k in keys)
+    modules = {} if plain else dict(model.named_modules())
+    params = {} if plain else {plain_name(n): p for n, p in model.named_parameters()}
     plan, problems = LoadPlan(), []
     lora: dict[str, dict[str, torch.Tensor]] = {}
     saved_names = config.get("modules_to_save") or []
-    for key, t in tensors.items():
-        k = key[len(PREFIX) :] if key.startswith(PREFIX) else key
-        hit = re.fullmatch(r"(.+)\.(lora_A|lora_B)\.weight|(.+)\.(lora_embedding_A|lora_embedding_B)", k)
+    for k, t in zip(keys, tensors.values(), strict=True):
+        hit = LORA_KEY.fullmatch(k)
         if hit:
             path, part = (hit.group(1), hit.group(2)) if hit.group(1) else (hit.group(3), hit.group(4))
             lora.setdefault(path, {})[part[-1]] = t
@@ -173,7 +177,7 @@ def plan_load(model: nn.Module, config: dict, meta: dict, tensors: dict, fp: dic
         r_file = pattern_value(rank_pattern, path, config.get("r"))
         if ab["A"].shape[0] != r_file:
             problems.append(f"{path}: weights have rank {ab['A'].shape[0]} but the config says r={r_file}")
-        module = modules.get(path)
+        module = _submodule(model, path)
         if module is None:
             problems.append(f"{path}: no such module in this model (an adapter for a different base model?)")
             continue
@@ -204,6 +208,13 @@ def plan_load(model: nn.Module, config: dict, meta: dict, tensors: dict, fp: dic
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
         raise AdapterFileError(f"{where} does not fit this model:\n  - " + "\n  - ".join(shown))
     return plan
+
+
+def _submodule(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 def _shape_problem(path: str, base: nn.Module, a: torch.Tensor, b: torch.Tensor) -> str | None:
