@@ -35,16 +35,11 @@ class LoraLinear(nn.Module):
                 f"give one flag per equal part (GPT-2 c_attn: (True, False, True) for q, k, v)"
             )
         self.slices = slices
-        self.lora_A = nn.ParameterDict()
-        self.lora_B = nn.ParameterDict()
-        self.scaling: dict[str, float] = {}
-        self.dropout: dict[str, float] = {}
-        self.merged: list[str] = []
+        init_slots(self, state)
         self.pissa: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.original_weight: torch.Tensor | None = None
         self._stack: tuple | None = None  # (key, A stack, s·Bᵀ stack, owner): see _stacked
         self._rows_cache: tuple | None = None  # (key, A, s·Bᵀ, mask) of the current rows: see _present
-        object.__setattr__(self, "state", state)  # shared, not a submodule: keep it out of state_dict()
 
     # Model code sometimes reads `self.q_proj.weight` (e.g. for its dtype); keep that working through the wrapper.
     @property
@@ -215,6 +210,25 @@ def apply_delta(w2: torch.Tensor, parts: list[Part], scale: float) -> None:
         if left.dtype != w2.dtype:
             left, right = left.to(w2.dtype), right.to(w2.dtype)
         (w2 if index is WHOLE else w2[index]).addmm_(left, right, alpha=scale)
+
+
+def init_slots(layer: nn.Module, state: AdapterState) -> None:
+    """The per-adapter containers every lorakit layer has, and the model's shared state."""
+    layer.lora_A = nn.ParameterDict()
+    layer.lora_B = nn.ParameterDict()
+    layer.scaling: dict[str, float] = {}
+    layer.dropout: dict[str, float] = {}
+    layer.merged: list[str] = []
+    object.__setattr__(layer, "state", state)  # shared, not a submodule: keep it out of state_dict()
+
+
+def forward_generic(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """base(x) plus the active adapter's lora_out, or each row's adapter's (grouped) in a mixed batch."""
+    y = layer.base_layer(x)
+    if layer.state.rows is not None and not layer.state.disabled and layer.lora_A:
+        return mixed_by_groups(layer, x, y, row_ids_for(layer.state, x.shape[0]))
+    name = active_name(layer)
+    return y if name is None else y + layer.lora_out(x, name).to(y.dtype)
 
 
 def row_ids_for(state: AdapterState, batch: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.core.errors import ConfigError
-from lorakit.core.layers import Part, active_name, mixed_by_groups, put_adapter, remove_adapter, row_ids_for
+from lorakit.core.layers import Part, forward_generic, init_slots, put_adapter, remove_adapter, row_ids_for
 from lorakit.core.state import AdapterState
 
 
@@ -24,12 +24,7 @@ class LoraEmbedding(nn.Module):
     def __init__(self, base_layer: nn.Embedding, state: AdapterState):
         super().__init__()
         self.base_layer = base_layer
-        self.lora_A = nn.ParameterDict()
-        self.lora_B = nn.ParameterDict()
-        self.scaling: dict[str, float] = {}
-        self.dropout: dict[str, float] = {}
-        self.merged: list[str] = []
-        object.__setattr__(self, "state", state)
+        init_slots(self, state)
 
     def add_adapter(self, name: str, rank: int, scaling: float, dropout: float, init: str) -> None:
         if init == "pissa":
@@ -55,11 +50,7 @@ class LoraEmbedding(nn.Module):
         return (t @ b.t()) * self.scaling[name]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(ids)
-        if self.state.rows is not None and not self.state.disabled and self.lora_A:
-            return mixed_by_groups(self, ids, y, row_ids_for(self.state, ids.shape[0]))
-        name = active_name(self)
-        return y if name is None else y + self.lora_out(ids, name).to(y.dtype)
+        return forward_generic(self, ids)
 
 
 class LoraConv2d(nn.Module):
@@ -70,12 +61,7 @@ class LoraConv2d(nn.Module):
         if base_layer.groups != 1:
             raise ConfigError(f"LoRA on grouped convolutions (groups={base_layer.groups}) is not supported")
         self.base_layer = base_layer
-        self.lora_A = nn.ParameterDict()
-        self.lora_B = nn.ParameterDict()
-        self.scaling: dict[str, float] = {}
-        self.dropout: dict[str, float] = {}
-        self.merged: list[str] = []
-        object.__setattr__(self, "state", state)
+        init_slots(self, state)
 
     def add_adapter(self, name: str, rank: int, scaling: float, dropout: float, init: str) -> None:
         if init == "pissa":
@@ -108,11 +94,7 @@ class LoraConv2d(nn.Module):
         return F.conv2d(t, self.lora_B[name]) * self.scaling[name]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
-        if self.state.rows is not None and not self.state.disabled and self.lora_A:
-            return mixed_by_groups(self, x, y, row_ids_for(self.state, x.shape[0]))
-        name = active_name(self)
-        return y if name is None else y + self.lora_out(x, name).to(y.dtype)
+        return forward_generic(self, x)
 
 
 class SavedModule(nn.Module):
