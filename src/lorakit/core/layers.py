@@ -18,6 +18,9 @@ from lorakit.core.state import AdapterState
 # (index into the 2-D weight view, left, right): that part of W gets s·(left @ right). One merge formula for all.
 Part = tuple[tuple[slice, slice], torch.Tensor, torch.Tensor]
 WHOLE = (slice(None), slice(None))
+# Rows at least this long take the per-row path in mixed batches (their GEMMs dominate, so FLOPs should be each
+# row's own rank); shorter ones (decode steps) multiply by all present adapters at once (see LoraLinear._mixed).
+PER_ROW_MIN_TOKENS = 8
 
 
 class LoraLinear(nn.Module):
@@ -39,7 +42,7 @@ class LoraLinear(nn.Module):
         self.pissa: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.original_weight: torch.Tensor | None = None
         self._stack: tuple | None = None  # (key, A stack, s·Bᵀ stack, owner): see _stacked
-        self._rows_cache: tuple | None = None  # (key, A, s·Bᵀ, mask) of the current rows: see _present
+        self._rows_cache: dict[str, tuple] = {}  # tables for the current rows: see _present and _per_row
 
     # Model code sometimes reads `self.q_proj.weight` (e.g. for its dtype); keep that working through the wrapper.
     @property
@@ -161,29 +164,59 @@ class LoraLinear(nn.Module):
             raise AdapterError(f"adapters {self.merged} are merged; unmerge before running a mixed-adapter batch")
         if self.slices:
             return mixed_by_groups(self, x, y, rows)
-        # All adapters present in the batch at once, without per-row weight copies or rank padding:
-        # t = x·[A_1; A_2; ...]ᵀ (columns = every present adapter's rank), zero the columns that are not the
-        # row's own adapter, then y += t·[s_1·B_1, s_2·B_2, ...]ᵀ. Two plain GEMMs whose inner size is Σ r_i.
+        b = x.shape[0]
+        tokens = x.numel() // (b * self.in_features)
+        if tokens >= PER_ROW_MIN_TOKENS:
+            # Long rows (prefill, training-style batches): each row's own factors, gathered once per choice of
+            # rows, and two batched matmuls; FLOPs are each row's own rank (zero-padded to the largest present).
+            at, bt = self._per_row(rows)
+            if at.shape[2] == 0:
+                return y
+            t = torch.bmm(x.reshape(b, tokens, -1).to(at.dtype), at)  # (b, T, r_max)
+            y.view(b, tokens, -1).baddbmm_(t.to(y.dtype), bt.to(y.dtype))
+            return y
+        # Short rows (decode steps): all adapters present in the batch at once, without per-row weight copies or
+        # rank padding: t = x·[A_1; A_2; ...]ᵀ (columns = every present adapter's rank), zero the columns that
+        # are not the row's own adapter, then y += t·[s_1·B_1, s_2·B_2, ...]ᵀ. Two GEMMs of inner size Σ r_i.
         a, bt, mask = self._present(rows)
         if a.shape[0] == 0:
             return y
-        b = x.shape[0]
         t = F.linear(x.to(a.dtype), a).view(b, -1, a.shape[0]) * mask[:, None, :]  # (b, T, Σr)
         y.view(-1, self.out_features).addmm_(t.view(-1, a.shape[0]).to(y.dtype), bt.to(y.dtype))
         return y
+
+    def _per_row(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """((batch, in, r_max) Aᵀ, (batch, r_max, out) s·Bᵀ) per row; base rows and padding read a zero row."""
+        a_all, bt_all, owner = self._stacked()
+        key = (self._stack[0], self.state.rows_version, rows.shape[0])
+        cached = self._rows_cache.get("per_row")
+        if cached is None or cached[0] != key:
+            ranks = torch.bincount(owner, minlength=len(self.state.names) + 1)  # adapter index -> rank here
+            starts = ranks.cumsum(0) - ranks
+            r_max = int(ranks[rows].max()) if rows.numel() else 0
+            offset = torch.arange(r_max, device=rows.device)
+            idx = torch.where(offset[None, :] < ranks[rows][:, None], starts[rows][:, None] + offset[None, :],
+                              a_all.shape[0])  # (batch, r_max); a_all.shape[0] is the appended zero row
+            a_pad = torch.cat([a_all, a_all.new_zeros(1, a_all.shape[1])])
+            bt_pad = torch.cat([bt_all, bt_all.new_zeros(1, bt_all.shape[1])])
+            cached = (key, a_pad[idx].transpose(1, 2).contiguous(), bt_pad[idx])
+            self._rows_cache["per_row"] = cached
+        return cached[1], cached[2]
 
     def _present(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(A rows, s·Bᵀ rows, (batch, Σr) 0/1 mask) for the adapters these rows use; cached for these rows."""
         a_all, bt_all, owner = self._stacked()
         key = (self._stack[0], self.state.rows_version, rows.shape[0])
-        if self._rows_cache is None or self._rows_cache[0] != key:
+        cached = self._rows_cache.get("present")
+        if cached is None or cached[0] != key:
             used = torch.zeros(len(self.state.names) + 1, dtype=torch.bool, device=rows.device)
             used[rows] = True
             used[0] = False
             cols = used[owner].nonzero().squeeze(1)
             mask = (rows[:, None] == owner[cols][None, :]).to(a_all.dtype)
-            self._rows_cache = (key, a_all.index_select(0, cols), bt_all.index_select(0, cols), mask)
-        return self._rows_cache[1], self._rows_cache[2], self._rows_cache[3]
+            cached = (key, a_all.index_select(0, cols), bt_all.index_select(0, cols), mask)
+            self._rows_cache["present"] = cached
+        return cached[1], cached[2], cached[3]
 
     def _stacked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every adapter's A stacked by rows (Σr x in), s·Bᵀ likewise (Σr x out), and each row's adapter index."""
