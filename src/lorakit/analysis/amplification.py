@@ -39,21 +39,27 @@ class Amplification:
         return self.delta_norm / self.on_delta if self.on_delta > 0 else float("inf")
 
 
+Svd = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
 def projected_norm(w: torch.Tensor, u: torch.Tensor, vh: torch.Tensor) -> float:
     """‖Uᵀ W Vᵀ‖_F for U (out x r), Vᵀ given as Vh (r x in)."""
     return float(torch.linalg.matrix_norm(u.T @ w @ vh.T))
 
 
-def amplification(delta: torch.Tensor, weight: torch.Tensor, rank: int | None = None,
-                  seed: int = 0) -> Amplification:
-    """Table 7's numbers for one (out x in) W and ΔW; rank defaults to ΔW's numerical rank."""
+def amplification(delta: torch.Tensor, weight: torch.Tensor, rank: int | None = None, seed: int = 0,
+                  delta_svd: Svd | None = None, weight_svd: Svd | None = None) -> Amplification:
+    """Table 7's numbers for one (out x in) W and ΔW; rank defaults to ΔW's numerical rank.
+
+    Pass float64 SVDs already computed (torch.linalg.svd(..., full_matrices=False)) to avoid recomputing them:
+    they dominate the cost on a real model."""
     d, w = delta.detach().double(), weight.detach().double()
     if d.shape != w.shape:
         raise ValueError(f"ΔW {tuple(d.shape)} and W {tuple(w.shape)} must have the same shape")
-    u, s, vh = torch.linalg.svd(d, full_matrices=False)
+    u, s, vh = delta_svd if delta_svd is not None else torch.linalg.svd(d, full_matrices=False)
     if rank is None:
         rank = max(1, int((s > s[0] * 1e-6).sum())) if s[0] > 0 else 1
-    uw, _, vhw = torch.linalg.svd(w, full_matrices=False)
+    uw, _, vhw = weight_svd if weight_svd is not None else torch.linalg.svd(w, full_matrices=False)
     g = torch.Generator().manual_seed(seed)
     ur, _ = torch.linalg.qr(torch.randn(w.shape[0], rank, generator=g, dtype=w.dtype))
     vr, _ = torch.linalg.qr(torch.randn(w.shape[1], rank, generator=g, dtype=w.dtype))

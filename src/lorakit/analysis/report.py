@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from lorakit.analysis.amplification import amplification
-from lorakit.analysis.spectrum import effective_rank, energy_rank, singular_values
+from lorakit.analysis.spectrum import effective_rank_of, energy_rank_of
 from lorakit.analysis.subspace import similarity_grid
 from lorakit.core.errors import ConfigError
 from lorakit.core.inject import wrappers
@@ -41,14 +41,23 @@ def factors(model: nn.Module, name: str) -> dict[Matrix, tuple[torch.Tensor, tor
     return out
 
 
-def matrix_rows(found: dict[Matrix, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> list[dict[str, Any]]:
-    """Spectrum, effective rank and amplification of each ΔW."""
+def matrix_rows(found: dict[Matrix, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                weight_svds: dict[Matrix, tuple] | None = None) -> list[dict[str, Any]]:
+    """Spectrum, effective rank and amplification of each ΔW; one SVD of each ΔW, and of each W shared through
+    `weight_svds` across the adapters analyzed on the same base."""
+    weight_svds = {} if weight_svds is None else weight_svds
     rows = []
-    for (index, module), (a, delta, w) in sorted(found.items(), key=lambda kv: (kv[0][0] or 0, kv[0][1])):
-        amp = amplification(delta, w, rank=min(a.shape[0], *delta.shape))
-        rows.append({"layer": index, "module": module, "rank": a.shape[0], "effective_rank": effective_rank(delta),
-                     "energy_rank_90": energy_rank(delta, 0.9), "amplification": amp.factor, **asdict(amp),
-                     "singular_values": singular_values(delta).tolist()})
+    for key, (a, delta, w) in sorted(found.items(), key=lambda kv: (kv[0][0] or 0, kv[0][1])):
+        index, module = key
+        d_svd = torch.linalg.svd(delta.detach().double(), full_matrices=False)
+        if key not in weight_svds:
+            weight_svds[key] = torch.linalg.svd(w.detach().double(), full_matrices=False)
+        amp = amplification(delta, w, rank=min(a.shape[0], *delta.shape), delta_svd=d_svd,
+                            weight_svd=weight_svds[key])
+        s = d_svd[1]
+        rows.append({"layer": index, "module": module, "rank": a.shape[0], "effective_rank": effective_rank_of(s),
+                     "energy_rank_90": energy_rank_of(s, 0.9), "amplification": amp.factor, **asdict(amp),
+                     "singular_values": s.tolist()})
     return rows
 
 
@@ -65,7 +74,8 @@ def analyze(model_name: str, adapters: list[str | Path], out: str | Path, kind: 
     model, _ = load(model_name, kind=kind, num_labels=num_labels)
     names = [load_adapter(model, d, name=f"adapter{i}") for i, d in enumerate(adapters)]
     found = {n: factors(model, n) for n in names}
-    matrices = {str(a): matrix_rows(found[n]) for a, n in zip(adapters, names, strict=True)}
+    weight_svds: dict = {}
+    matrices = {str(a): matrix_rows(found[n], weight_svds) for a, n in zip(adapters, names, strict=True)}
     results: dict[str, Any] = {"model": model_name, "adapters": [str(a) for a in adapters], "matrices": matrices,
                                "similarity": []}
     page = plots.Page(f"Adapter analysis on {model_name}")

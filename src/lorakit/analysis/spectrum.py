@@ -15,7 +15,11 @@ def singular_values(matrix: torch.Tensor) -> torch.Tensor:
 def effective_rank(matrix: torch.Tensor) -> float:
     """exp(H(p)) with p_k = σ_k / Σσ (Roy & Vetterli, 2007): k for k equal singular values, 1 for rank one, 0 for
     the zero matrix."""
-    s = singular_values(matrix)
+    return effective_rank_of(singular_values(matrix))
+
+
+def effective_rank_of(s: torch.Tensor) -> float:
+    """effective_rank from given singular values (an SVD is the expensive part; compute it once)."""
     total = float(s.sum())
     if total == 0:
         return 0.0
@@ -25,7 +29,12 @@ def effective_rank(matrix: torch.Tensor) -> float:
 
 def energy_rank(matrix: torch.Tensor, fraction: float = 0.9) -> int:
     """The fewest singular directions holding `fraction` of ‖ΔW‖²_F."""
-    s2 = singular_values(matrix) ** 2
+    return energy_rank_of(singular_values(matrix), fraction)
+
+
+def energy_rank_of(s: torch.Tensor, fraction: float = 0.9) -> int:
+    """energy_rank from given singular values."""
+    s2 = s.double() ** 2
     if float(s2.sum()) == 0:
         return 0
     return int((s2.cumsum(0) / s2.sum() < fraction - 1e-12).sum()) + 1
