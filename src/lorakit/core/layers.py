@@ -18,9 +18,10 @@ from lorakit.core.state import AdapterState
 # (index into the 2-D weight view, left, right): that part of W gets s·(left @ right). One merge formula for all.
 Part = tuple[tuple[slice, slice], torch.Tensor, torch.Tensor]
 WHOLE = (slice(None), slice(None))
-# Rows at least this long take the per-row path in mixed batches (their GEMMs dominate, so FLOPs should be each
-# row's own rank); shorter ones (decode steps) multiply by all present adapters at once (see LoraLinear._mixed).
+# Mixed batches (LoraLinear._plan): rows at least this long take the per-row path (their GEMMs dominate, so FLOPs
+# should be each row's own rank); shorter ones over few adapters multiply by all present adapters at once.
 PER_ROW_MIN_TOKENS = 8
+PRESENT_MAX_ADAPTERS = 2  # decode steps with more distinct adapters than this also take the per-row path
 
 
 class LoraLinear(nn.Module):
@@ -166,24 +167,46 @@ class LoraLinear(nn.Module):
             return mixed_by_groups(self, x, y, rows)
         b = x.shape[0]
         tokens = x.numel() // (b * self.in_features)
-        if tokens >= PER_ROW_MIN_TOKENS:
-            # Long rows (prefill, training-style batches): each row's own factors, gathered once per choice of
-            # rows, and two batched matmuls; FLOPs are each row's own rank (zero-padded to the largest present).
-            at, bt = self._per_row(rows)
-            if at.shape[2] == 0:
-                return y
+        plan = self._plan(rows, tokens)
+        if plan[0] == "none":
+            return y
+        if plan[0] == "per_row":
+            # Each row's own factors, gathered once per choice of rows, and two batched matmuls: FLOPs are each
+            # row's own rank (zero-padded to the largest present).
+            _, at, bt = plan
             t = torch.bmm(x.reshape(b, tokens, -1).to(at.dtype), at)  # (b, T, r_max)
             y.view(b, tokens, -1).baddbmm_(t.to(y.dtype), bt.to(y.dtype))
             return y
-        # Short rows (decode steps): all adapters present in the batch at once, without per-row weight copies or
-        # rank padding: t = x·[A_1; A_2; ...]ᵀ (columns = every present adapter's rank), zero the columns that
-        # are not the row's own adapter, then y += t·[s_1·B_1, s_2·B_2, ...]ᵀ. Two GEMMs of inner size Σ r_i.
-        a, bt, mask = self._present(rows)
-        if a.shape[0] == 0:
-            return y
+        # All adapters present in the batch at once, without per-row weight copies or rank padding:
+        # t = x·[A_1; A_2; ...]ᵀ (columns = every present adapter's rank), zero the columns that are not the
+        # row's own adapter, then y += t·[s_1·B_1, s_2·B_2, ...]ᵀ. Two GEMMs of inner size Σ r_i.
+        _, a, bt, mask = plan
         t = F.linear(x.to(a.dtype), a).view(b, -1, a.shape[0]) * mask[:, None, :]  # (b, T, Σr)
         y.view(-1, self.out_features).addmm_(t.view(-1, a.shape[0]).to(y.dtype), bt.to(y.dtype))
         return y
+
+    def _plan(self, rows: torch.Tensor, tokens: int) -> tuple:
+        """How this layer computes the current rows, with its tables; cached until the rows or adapters change.
+
+        Short rows (decode steps) over few distinct adapters multiply by all of them at once (no copies; the
+        extra FLOPs grow with the number of adapters present). Long rows, or many distinct adapters, take
+        per-row factors: a one-off gather of (batch x r x (in + out)) values, then only each row's own rank.
+        """
+        key = (self._stack is not None and self._stack[0], self.state.version, self.state.rows_version,
+               rows.shape[0], tokens >= PER_ROW_MIN_TOKENS)
+        cached = self._rows_cache.get("plan")
+        if cached is None or cached[0] != key:
+            a, bt, mask = self._present(rows)
+            present = int(torch.unique(rows[rows > 0]).numel())  # distinct adapters (not base) in the batch
+            if a.shape[0] == 0:
+                plan: tuple = ("none",)
+            elif tokens >= PER_ROW_MIN_TOKENS or present > PRESENT_MAX_ADAPTERS:
+                plan = ("per_row", *self._per_row(rows))
+            else:
+                plan = ("present", a, bt, mask)
+            cached = (key, plan)
+            self._rows_cache["plan"] = cached
+        return cached[1]
 
     def _per_row(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """((batch, in, r_max) Aᵀ, (batch, r_max, out) s·Bᵀ) per row; base rows and padding read a zero row."""
