@@ -21,7 +21,7 @@ WHOLE = (slice(None), slice(None))
 # Mixed batches (LoraLinear._plan): rows at least this long take the per-row path (their GEMMs dominate, so FLOPs
 # should be each row's own rank); shorter ones over few adapters multiply by all present adapters at once.
 PER_ROW_MIN_TOKENS = 8
-PRESENT_MAX_ADAPTERS = 2  # decode steps with more distinct adapters than this also take the per-row path
+PRESENT_MAX_ADAPTERS = 2  # short rows over more adapters than this (of about equal rank) take the per-row path
 
 
 class LoraLinear(nn.Module):
@@ -197,10 +197,15 @@ class LoraLinear(nn.Module):
         cached = self._rows_cache.get("plan")
         if cached is None or cached[0] != key:
             a, bt, mask = self._present(rows)
-            present = int(torch.unique(rows[rows > 0]).numel())  # distinct adapters (not base) in the batch
+            owners = self._stacked()[2]
+            ranks = torch.bincount(owners[torch.isin(owners, rows)]) if a.shape[0] else owners[:0]
+            ranks = ranks[ranks > 0]  # this layer's rank of each adapter present in the batch
+            # Per-row factors pay the largest present rank on every row, so for short rows they only win when
+            # many adapters of about the same rank share the batch.
+            many_alike = len(ranks) > PRESENT_MAX_ADAPTERS and int(ranks.max()) * len(ranks) <= 1.25 * a.shape[0]
             if a.shape[0] == 0:
                 plan: tuple = ("none",)
-            elif tokens >= PER_ROW_MIN_TOKENS or present > PRESENT_MAX_ADAPTERS:
+            elif tokens >= PER_ROW_MIN_TOKENS or many_alike:
                 plan = ("per_row", *self._per_row(rows))
             else:
                 plan = ("present", a, bt, mask)
