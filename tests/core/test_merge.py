@@ -126,3 +126,16 @@ def test_merged_weights_is_pure_and_matches_merge():
     lorakit.merge(model)
     for path, w in pure.items():
         assert torch.equal(model.get_submodule(path.rsplit(".", 1)[0]).base_layer.weight, w)
+
+
+def test_merge_follows_the_model_to_a_new_dtype(ids):
+    model = tiny_llama()
+    lorakit.inject(model, LoraConfig(rank=4))
+    randomize(model)
+    lorakit.merge(model)
+    lorakit.unmerge(model)
+    model.double()  # replaces every storage: a cached merge plan must not write to the old ones
+    with torch.no_grad():
+        unmerged = model(ids).logits
+        lorakit.merge(model)
+        assert (model(ids).logits - unmerged).abs().max() <= 1e-9

@@ -15,7 +15,7 @@ from torch import nn
 from lorakit.core.config import LoraConfig
 from lorakit.core.errors import AdapterError, MergeError
 from lorakit.core.inject import state_of, wrappers
-from lorakit.core.layers import apply_delta, put_adapter
+from lorakit.core.layers import Part, apply_delta, put_adapter
 
 
 def lora_layers(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
@@ -39,72 +39,101 @@ def merge(model: nn.Module, name: str = "default", safe: bool = True) -> nn.Modu
     """
     state = state_of(model)
     state.require(name)
-    todo = [(p, m, name) for p, m in lora_layers(model, name) if name not in m.merged]
-    bound = _bound(todo) if safe or _tracking(todo) else math.inf
+    todo = [e for e in _plan(model, name) if name not in e[1].merged]
+    bound = _bound(model, name) if safe or _tracking(todo) else math.inf
     if safe:
-        _check_finite(todo, bound)
+        _check_finite(todo, name, bound)
     with torch.no_grad():
-        for _, m, _ in todo:
-            _apply_tracked(m, name, m.scaling[name], bound)
+        for _, m, w2, parts, scale in todo:
+            _apply_tracked(m, w2, parts, scale, bound)
             m.merged.append(name)
     return model
 
 
 def unmerge(model: nn.Module) -> nn.Module:
     """Subtract every merged adapter's ΔW again (exact up to fp32 rounding, ~1e-7 relative)."""
-    todo = [(p, m, n) for p, m in wrappers(model) for n in reversed(getattr(m, "merged", []))]
-    bound = _bound(todo) if _tracking(todo) else math.inf
+    names = merged_names(model)
     with torch.no_grad():
-        for _, m, name in todo:
-            _apply_tracked(m, name, -m.scaling[name], bound)
-    for _, m, _ in todo:
-        m.merged.clear()
+        for name in reversed(names):
+            todo = [e for e in _plan(model, name) if name in e[1].merged]
+            bound = _bound(model, name) if _tracking(todo) else math.inf
+            for _, m, w2, parts, scale in todo:
+                _apply_tracked(m, w2, parts, -scale, bound)
+                m.merged.remove(name)
     return model
 
 
-def _bound(todo: list[tuple[str, nn.Module, str]]) -> float:
-    """One bound for all layers: max r · max|left| · max|right| ≥ every entry of every left @ right.
+def _plan(model: nn.Module, name: str) -> list[tuple[str, nn.Module, torch.Tensor, list[Part], float]]:
+    """(path, layer, W's 2-D view, parts, scale) for each layer adapter `name` touches.
 
-    Coarser than per-layer bounds but two reductions over concatenated factors instead of 120 small ones,
-    which cost more than the merge itself; inf or nan when a factor is not finite.
+    Cached while no module or tensor storage is replaced (registry version and every data pointer match):
+    collecting this per call cost more than the 60 in-place matmuls of a merge on SmolLM2.
     """
-    if not todo:
+    state = state_of(model)
+    plans = getattr(state, "_merge_plans", None)
+    if plans is None or plans[0] != state.version:
+        plans = (state.version, {})
+        state._merge_plans = plans
+    hit = plans[1].get(name)
+    if hit is not None and hit[0] == _storage_key(hit[1], name):
+        return hit[1]
+    plan = [(p, m, m.weight_2d(), m.delta_parts(name), m.scaling[name]) for p, m in lora_layers(model, name)]
+    plans[1][name] = (_storage_key(plan, name), plan)
+    return plan
+
+
+def _storage_key(plan: list, name: str) -> tuple:
+    """Where each weight and factor lives now; `model.to(...)` replaces storages, which must rebuild the plan."""
+    return tuple((m.base_layer.weight.data_ptr(), m.base_layer.weight.dtype, m.lora_A[name].data_ptr(),
+                  m.lora_B[name].data_ptr()) for _, m, _, _, _ in plan)
+
+
+def _bound(model: nn.Module, name: str) -> float:
+    """One bound for all of an adapter's layers: max r · max|left| · max|right| ≥ every entry of left @ right.
+
+    Coarser than per-layer bounds, but two reductions over the concatenated factors, cached until a factor
+    changes (their version counters); inf or nan when a factor is not finite.
+    """
+    factors = [(left, right) for _, _, _, parts, _ in _plan(model, name) for _, left, right in parts]
+    if not factors:
         return 0.0
-    lefts, rights, rank = [], [], 0
-    for _, m, name in todo:
-        for _, left, right in m.delta_parts(name):
-            lefts.append(left.reshape(-1))
-            rights.append(right.reshape(-1))
-            rank = max(rank, left.shape[1])
-    return rank * torch.cat(lefts).abs().max().item() * torch.cat(rights).abs().max().item()
+    key = tuple(-1 if t.is_inference() else t._version for pair in factors for t in pair)
+    state = state_of(model)
+    bounds = getattr(state, "_bounds", {})
+    hit = bounds.get(name)
+    if hit is None or hit[0] != (state.version, key):
+        rank = max(left.shape[1] for left, _ in factors)
+        lefts = torch.cat([left.reshape(-1) for left, _ in factors]).abs().max().item()
+        rights = torch.cat([right.reshape(-1) for _, right in factors]).abs().max().item()
+        hit = ((state.version, key), rank * lefts * rights)
+        bounds[name] = hit
+        state._bounds = bounds
+    return hit[1]
 
 
-def _tracking(todo: list[tuple[str, nn.Module, str]]) -> bool:
+def _tracking(todo: list) -> bool:
     """Whether any layer holds a cached max|W| that merging must keep a valid upper bound."""
-    return any(getattr(m, "_absmax_cache", None) is not None for _, m, _ in todo)
+    return any(getattr(e[1], "_absmax_cache", None) is not None for e in todo)
 
 
-def _apply_tracked(m: nn.Module, name: str, scale: float, bound: float) -> None:
+def _apply_tracked(m: nn.Module, w2: torch.Tensor, parts: list[Part], scale: float, bound: float) -> None:
     """apply_delta on a layer, keeping its cached max|W| a valid upper bound so the next safe merge skips a scan."""
     cached = getattr(m, "_absmax_cache", None)
-    w = m.base_layer.weight
-    fresh = cached is not None and cached[0] == w._version
-    apply_delta(m.weight_2d(), m.delta_parts(name), scale)
+    fresh = cached is not None and cached[0] == w2._version
+    apply_delta(w2, parts, scale)
     if fresh:
-        m._absmax_cache = (w._version, cached[1] + abs(scale) * bound)
+        m._absmax_cache = (w2._version, cached[1] + abs(scale) * bound)
 
 
-def _check_finite(todo: list[tuple[str, nn.Module, str]], bound: float) -> None:
-    for path, m, name in todo:
-        parts = m.delta_parts(name)
+def _check_finite(todo: list, name: str, bound: float) -> None:
+    for path, m, w2, parts, scale in todo:
         if not math.isfinite(bound) and not all(torch.isfinite(t).all() for _, left, right in parts
                                                 for t in (left, right)):
             raise MergeError(f"adapter {name!r} has non-finite LoRA weights in {path}; nothing was merged")
-        w2 = m.weight_2d()
-        if _absmax(m) + abs(m.scaling[name]) * bound < torch.finfo(w2.dtype).max:
+        if _absmax(m, w2) + abs(scale) * bound < torch.finfo(w2.dtype).max:
             continue
         trial = w2.clone()
-        apply_delta(trial, parts, m.scaling[name])
+        apply_delta(trial, parts, scale)
         if not torch.isfinite(trial).all():
             raise MergeError(
                 f"merging adapter {name!r} would make {path}'s weight non-finite (overflow in {w2.dtype}); "
@@ -112,12 +141,11 @@ def _check_finite(todo: list[tuple[str, nn.Module, str]], bound: float) -> None:
             )
 
 
-def _absmax(m: nn.Module) -> float:
+def _absmax(m: nn.Module, w2: torch.Tensor) -> float:
     """max|W| of a layer, cached against the weight's version counter (weights are frozen in normal use)."""
-    w = m.base_layer.weight
     cached = getattr(m, "_absmax_cache", None)
-    if cached is None or cached[0] != w._version:
-        cached = (w._version, w.detach().abs().max().item())
+    if cached is None or cached[0] != w2._version:
+        cached = (w2._version, w2.abs().max().item())
         m._absmax_cache = cached
     return cached[1]
 
