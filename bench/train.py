@@ -2,6 +2,9 @@
 
     python bench/train.py [--repeats 3] [--steps 1] [--random]
 
+Configurations: {lorakit, peft, full} x {fp32, bf16 autocast}, plus lorakit-bf16w: bf16 autocast with the frozen
+Linear weights stored in bf16 (TrainConfig.frozen_bf16).
+
 Workload: SmolLM2-135M (the built-in, or with --random / when it is not installed a random-weight LlamaConfig of
 its shape), batch 8 x 128 tokens, LoRA rank 8 (alpha 16, no dropout) on q_proj and v_proj. One step = forward
 under autocast, the loop's cross-entropy, backward, AdamW step.
@@ -10,7 +13,8 @@ Throughput: every configuration lives in this one process and they take turns (r
 --steps steps), so slow phases of a shared machine hit all configs alike; we report the median tokens/s.
 
 Peak memory: each configuration runs in a fresh child process. After the model is built, the child resets the
-kernel's resident-set high-water mark (writing 5 to /proc/self/clear_refs), runs one warm-up step and --steps
+kernel's resident-set high-water mark (writing 5 to /proc/self/clear_refs, after malloc_trim returns memory freed
+while preparing), runs one warm-up step and --steps
 more, and reads VmHWM from /proc/self/status. `peak_rss_mib` is that high-water mark (weights + gradients +
 optimizer state + activations, all allocators included, which tracemalloc would miss); `step_mib` is its growth
 over the RSS before the first step. Where clear_refs is unavailable, ru_maxrss is used (it then includes loading).
@@ -40,7 +44,14 @@ def base_model(random_weights: bool) -> torch.nn.Module:
         try:
             from lorakit.models import load
 
-            return load("smollm2-135m")[0]
+            model = load("smollm2-135m")[0]
+            # safetensors maps the weights from the cache file; copies make them ordinary memory, so every
+            # configuration's resident set counts its weights the same way (mapped pages stay resident after
+            # their tensors are freed, e.g. when frozen weights are replaced by bf16 copies).
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.data = p.data.clone()
+            return model
         except Exception as e:  # not installed: fall back to the same shape with random weights
             print(f"smollm2-135m unavailable ({e}); using random weights of its shape", file=sys.stderr)
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -53,7 +64,9 @@ def base_model(random_weights: bool) -> torch.nn.Module:
     ))
 
 
-def prepare(method: str, random_weights: bool) -> torch.nn.Module:
+def prepare(method: str, random_weights: bool, precision: str = "fp32") -> torch.nn.Module:
+    """The model for one configuration; "bf16w" is bf16 autocast with frozen Linear weights stored in bf16
+    (TrainConfig.frozen_bf16)."""
     model = base_model(random_weights)
     if method == "lorakit":
         import lorakit
@@ -66,6 +79,10 @@ def prepare(method: str, random_weights: bool) -> torch.nn.Module:
                                                            target_modules=["q_proj", "v_proj"]))
     else:
         model.requires_grad_(True)
+    if precision == "bf16w":
+        from lorakit.train.precision import frozen_linears_to
+
+        frozen_linears_to(model, torch.bfloat16)
     return model.train()
 
 
@@ -74,7 +91,7 @@ class Runner:
 
     def __init__(self, method: str, precision: str, model: torch.nn.Module) -> None:
         self.name, self.model = f"{method}-{precision}", model
-        self.bf16 = precision == "bf16"
+        self.bf16 = precision in ("bf16", "bf16w")
         self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
         ids = torch.randint(0, 49152, (BATCH, LENGTH), generator=torch.Generator().manual_seed(0))
         self.batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -100,6 +117,7 @@ def throughput(repeats: int, steps: int, random_weights: bool) -> dict[str, list
     models = {m: prepare(m, random_weights) for m in METHODS}
     # fp32 and bf16 of one method share its model: only autocast differs, and separate optimizers keep state apart.
     runners = [Runner(m, p, models[m]) for m in METHODS for p in PRECISIONS]
+    runners.append(Runner("lorakit", "bf16w", prepare("lorakit", random_weights, "bf16w")))
     for runner in runners:
         runner.step()  # warm-up: allocator, oneDNN kernels, optimizer state
     results: dict[str, list[float]] = {r.name: [] for r in runners}
@@ -120,7 +138,15 @@ def memory_child(name: str, steps: int, random_weights: bool) -> dict[str, float
     import resource
 
     method, precision = name.split("-")
-    runner = Runner(method, precision, prepare(method, random_weights))
+    runner = Runner(method, precision, prepare(method, random_weights, precision))
+    # Hand memory freed while preparing (e.g. fp32 weights replaced by bf16 copies) back to the kernel, so the
+    # high-water mark below counts what the step needs, not what glibc kept around. Same for every config.
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
     before = rss_mib()
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -169,6 +195,10 @@ def main() -> None:
                                                                 / c["full-fp32"]["peak_rss_mib"], 3),
         "lorakit_peak_over_full_peak_bf16 (goal <= 0.6)": round(c["lorakit-bf16"]["peak_rss_mib"]
                                                                 / c["full-bf16"]["peak_rss_mib"], 3),
+        "lorakit_frozen_bf16_peak_over_full_peak_bf16 (goal <= 0.6)": round(
+            c["lorakit-bf16w"]["peak_rss_mib"] / c["full-bf16"]["peak_rss_mib"], 3),
+        "lorakit_frozen_bf16_over_peft_fp32 (goal >= 1.5)": round(c["lorakit-bf16w"]["tokens_per_s"]
+                                                                  / c["peft-fp32"]["tokens_per_s"], 3),
     }
     out["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(out, indent=2))

@@ -27,6 +27,7 @@ from lorakit.train.batches import BatchOrder, micro_batches, step_seed
 from lorakit.train.config import TrainConfig
 from lorakit.train.logging import RunLog
 from lorakit.train.methods import Export, default_export
+from lorakit.train.precision import frozen_linears_to
 from lorakit.train.schedule import lr_at
 
 Evaluate = Callable[[nn.Module], dict[str, float]]
@@ -99,6 +100,11 @@ def fit(
     log = RunLog(run if where.is_main else None, config.steps, step, progress and where.is_main)
     train_model = distributed.wrap(model, where)
     autocast = _autocast(config.precision, where.device)
+    if config.frozen_bf16:
+        if not uses_bf16(config.precision, where.device):
+            raise ConfigError("frozen_bf16 needs bf16 autocast, which this device does not do natively; set "
+                              "precision: bf16 or turn frozen_bf16 off")
+        frozen_linears_to(model, torch.bfloat16)
     order = BatchOrder(len(train_examples), config.batch_size, config.seed)
     loss_value, interrupted, last_eval = None, False, -1
 
@@ -250,9 +256,14 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas, eps=config.eps)
 
 
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 when asked, or for auto when the hardware has native bf16."""
+    return precision == "bf16" or (precision == "auto" and native_bf16(device))
+
+
 def _autocast(precision: str, device: torch.device) -> Callable[[], Any]:
-    """A factory of autocast contexts: bf16 when asked (or, for auto, when the hardware has native bf16)."""
-    bf16 = precision == "bf16" or (precision == "auto" and native_bf16(device))
+    """A factory of autocast contexts (bf16 per uses_bf16, else disabled)."""
+    bf16 = uses_bf16(precision, device)
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
