@@ -43,7 +43,7 @@ class LoraLinear(nn.Module):
         self.pissa: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.original_weight: torch.Tensor | None = None
         self._stack: tuple | None = None  # (key, A stack, s·Bᵀ stack, owner): see _stacked
-        self._rows_cache: dict[str, tuple] = {}  # tables for the current rows: see _present and _per_row
+        self._rows_cache: tuple | None = None  # (key, plan) for the current rows: see _plan
 
     # Model code sometimes reads `self.q_proj.weight` (e.g. for its dtype); keep that working through the wrapper.
     @property
@@ -188,63 +188,43 @@ class LoraLinear(nn.Module):
     def _plan(self, rows: torch.Tensor, tokens: int) -> tuple:
         """How this layer computes the current rows, with its tables; cached until the rows or adapters change.
 
-        Short rows (decode steps) over few distinct adapters multiply by all of them at once (no copies; the
-        extra FLOPs grow with the number of adapters present). Long rows, or many distinct adapters, take
-        per-row factors: a one-off gather of (batch x r x (in + out)) values, then only each row's own rank.
+        Short rows (decode steps) over few adapters multiply by all present adapters at once (no copies; the
+        extra FLOPs grow with their number). Long rows, or many adapters of about equal rank, take per-row
+        factors: a one-off gather of (batch x r x (in + out)) values, then only each row's own rank.
         """
-        key = (self._stack is not None and self._stack[0], self.state.version, self.state.rows_version,
-               rows.shape[0], tokens >= PER_ROW_MIN_TOKENS)
-        cached = self._rows_cache.get("plan")
-        if cached is None or cached[0] != key:
-            a, bt, mask = self._present(rows)
-            owners = self._stacked()[2]
-            ranks = torch.bincount(owners[torch.isin(owners, rows)]) if a.shape[0] else owners[:0]
+        a_all, bt_all, owner = self._stacked()
+        key = (self._stack[0], self.state.rows_version, rows.shape[0], tokens >= PER_ROW_MIN_TOKENS)
+        if self._rows_cache is None or self._rows_cache[0] != key:
+            present = torch.isin(owner, rows)  # stacked rows (rank components) of adapters in the batch
+            ranks = torch.bincount(owner[present])
             ranks = ranks[ranks > 0]  # this layer's rank of each adapter present in the batch
+            total = int(ranks.sum())
             # Per-row factors pay the largest present rank on every row, so for short rows they only win when
             # many adapters of about the same rank share the batch.
-            many_alike = len(ranks) > PRESENT_MAX_ADAPTERS and int(ranks.max()) * len(ranks) <= 1.25 * a.shape[0]
-            if a.shape[0] == 0:
+            many_alike = len(ranks) > PRESENT_MAX_ADAPTERS and int(ranks.max()) * len(ranks) <= 1.25 * total
+            if total == 0:
                 plan: tuple = ("none",)
             elif tokens >= PER_ROW_MIN_TOKENS or many_alike:
-                plan = ("per_row", *self._per_row(rows))
+                plan = ("per_row", *self._per_row(rows, a_all, bt_all, owner))
             else:
-                plan = ("present", a, bt, mask)
-            cached = (key, plan)
-            self._rows_cache["plan"] = cached
-        return cached[1]
+                cols = present.nonzero().squeeze(1)
+                mask = (rows[:, None] == owner[cols][None, :]).to(a_all.dtype)  # (batch, Σr)
+                plan = ("present", a_all.index_select(0, cols), bt_all.index_select(0, cols), mask)
+            self._rows_cache = (key, plan)
+        return self._rows_cache[1]
 
-    def _per_row(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _per_row(self, rows: torch.Tensor, a_all: torch.Tensor, bt_all: torch.Tensor,
+                 owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """((batch, in, r_max) Aᵀ, (batch, r_max, out) s·Bᵀ) per row; base rows and padding read a zero row."""
-        a_all, bt_all, owner = self._stacked()
-        key = (self._stack[0], self.state.rows_version, rows.shape[0])
-        cached = self._rows_cache.get("per_row")
-        if cached is None or cached[0] != key:
-            ranks = torch.bincount(owner, minlength=len(self.state.names) + 1)  # adapter index -> rank here
-            starts = ranks.cumsum(0) - ranks
-            r_max = int(ranks[rows].max()) if rows.numel() else 0
-            offset = torch.arange(r_max, device=rows.device)
-            idx = torch.where(offset[None, :] < ranks[rows][:, None], starts[rows][:, None] + offset[None, :],
-                              a_all.shape[0])  # (batch, r_max); a_all.shape[0] is the appended zero row
-            a_pad = torch.cat([a_all, a_all.new_zeros(1, a_all.shape[1])])
-            bt_pad = torch.cat([bt_all, bt_all.new_zeros(1, bt_all.shape[1])])
-            cached = (key, a_pad[idx].transpose(1, 2).contiguous(), bt_pad[idx])
-            self._rows_cache["per_row"] = cached
-        return cached[1], cached[2]
-
-    def _present(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(A rows, s·Bᵀ rows, (batch, Σr) 0/1 mask) for the adapters these rows use; cached for these rows."""
-        a_all, bt_all, owner = self._stacked()
-        key = (self._stack[0], self.state.rows_version, rows.shape[0])
-        cached = self._rows_cache.get("present")
-        if cached is None or cached[0] != key:
-            used = torch.zeros(len(self.state.names) + 1, dtype=torch.bool, device=rows.device)
-            used[rows] = True
-            used[0] = False
-            cols = used[owner].nonzero().squeeze(1)
-            mask = (rows[:, None] == owner[cols][None, :]).to(a_all.dtype)
-            cached = (key, a_all.index_select(0, cols), bt_all.index_select(0, cols), mask)
-            self._rows_cache["present"] = cached
-        return cached[1], cached[2], cached[3]
+        ranks = torch.bincount(owner, minlength=len(self.state.names) + 1)  # adapter index -> rank here
+        starts = ranks.cumsum(0) - ranks
+        r_max = int(ranks[rows].max())
+        offset = torch.arange(r_max, device=rows.device)
+        idx = torch.where(offset[None, :] < ranks[rows][:, None], starts[rows][:, None] + offset[None, :],
+                          a_all.shape[0])  # (batch, r_max); a_all.shape[0] is the appended zero row
+        a_pad = torch.cat([a_all, a_all.new_zeros(1, a_all.shape[1])])
+        bt_pad = torch.cat([bt_all, bt_all.new_zeros(1, bt_all.shape[1])])
+        return a_pad[idx].transpose(1, 2).contiguous(), bt_pad[idx]
 
     def _stacked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every adapter's A stacked by rows (Σr x in), s·Bᵀ likewise (Σr x out), and each row's adapter index."""
