@@ -8,6 +8,7 @@ nowhere else. lorakit's extra facts (fused slices, base fingerprint, our config)
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -175,7 +176,9 @@ def load_adapter(
     state = getattr(model, "_lorakit", None)
     taken = set(state.configs) if state is not None else set()
     if name is None:
-        name = next(n for n in ("default", Path(directory).resolve().name, f"adapter{len(taken)}") if n not in taken)
+        numbered = (f"adapter{i}" for i in itertools.count(len(taken)))
+        name = next(n for n in itertools.chain(("default", Path(directory).resolve().name), numbered)
+                    if n not in taken)
     plan = peft_keys.plan_load(model, config, meta, tensors, fingerprint(model), Path(directory))
     lora_config = LoraConfig(
         rank=int(config.get("r", 8)),
