@@ -66,7 +66,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--real", action="store_true", help="use the built-in smollm2-135m weights")
+    ap.add_argument("--sections", default="forward,mixed,load,switch,merge",
+                    help="comma-separated subset of forward,mixed,load,switch,merge to measure (default all)")
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
     torch.set_num_threads(2)
     import peft
 
@@ -94,7 +97,7 @@ def main() -> None:
     pm.set_adapter("a0")
 
     g = torch.Generator().manual_seed(0)
-    for batch in (8, 1):
+    for batch in (8, 1) if "forward" in sections else ():
         x = torch.randint(0, 49152, (batch, 128), generator=g)
         r_lk, r_pf, t_base = [], [], []
         with torch.inference_mode():
@@ -116,78 +119,84 @@ def main() -> None:
         }
 
     # A batch of 8 rows, each with a different adapter, vs the same batch on one adapter.
-    x = torch.randint(0, 49152, (8, 128), generator=g)
-    names = [f"a{i}" for i in range(ADAPTERS)]
-    r_lk, r_pf = [], []
-    with torch.inference_mode():
-        with lorakit.adapter_rows(lk, names):
-            lk(x)
-        pm(x, adapter_names=names)
-        for _ in range(args.rounds):
-            t1 = timed(lk, x)
+    if "mixed" in sections:
+        x = torch.randint(0, 49152, (8, 128), generator=g)
+        names = [f"a{i}" for i in range(ADAPTERS)]
+        r_lk, r_pf = [], []
+        with torch.inference_mode():
             with lorakit.adapter_rows(lk, names):
-                t8 = timed(lk, x)
-            p1 = timed(pm, x)
-            p8 = timed(pm, x, adapter_names=names)
-            r_lk.append(t8 / t1)
-            r_pf.append(p8 / p1)
-    out["mixed_8_adapters_vs_one_b8x128"] = {"lorakit_pct": round(100 * (med(r_lk) - 1), 2),
-                                              "peft_pct": round(100 * (med(r_pf) - 1), 2)}
+                lk(x)
+            pm(x, adapter_names=names)
+            for _ in range(args.rounds):
+                t1 = timed(lk, x)
+                with lorakit.adapter_rows(lk, names):
+                    t8 = timed(lk, x)
+                p1 = timed(pm, x)
+                p8 = timed(pm, x, adapter_names=names)
+                r_lk.append(t8 / t1)
+                r_pf.append(p8 / p1)
+        out["mixed_8_adapters_vs_one_b8x128"] = {"lorakit_pct": round(100 * (med(r_lk) - 1), 2),
+                                                  "peft_pct": round(100 * (med(r_pf) - 1), 2)}
 
     # Loading: the first adapter (wrapping included) and each further one.
-    first_lk, first_pf, more_lk, more_pf = [], [], [], []
-    for _ in range(args.rounds):
-        m1, m2 = copy.deepcopy(base), copy.deepcopy(base)
-        first_lk.append(timed(lorakit.load_adapter, m1, dirs[0], "a0"))
-        t = time.perf_counter()
-        p = peft.PeftModel.from_pretrained(m2, str(dirs[0]), adapter_name="a0")
-        first_pf.append(time.perf_counter() - t)
-        more_lk.append(med([timed(lorakit.load_adapter, m1, dirs[i], f"a{i}") for i in range(1, 4)]))
-        more_pf.append(med([timed(p.load_adapter, str(dirs[i]), adapter_name=f"a{i}") for i in range(1, 4)]))
-    out["load_adapter_ms"] = {
-        "lorakit_first": round(1000 * med(first_lk), 2), "peft_first": round(1000 * med(first_pf), 2),
-        "lorakit_further": round(1000 * med(more_lk), 2), "peft_further": round(1000 * med(more_pf), 2),
-        "further_ratio": round(med([a / b for a, b in zip(more_lk, more_pf, strict=True)]), 4),
-    }
+    if "load" in sections:
+        first_lk, first_pf, more_lk, more_pf = [], [], [], []
+        for _ in range(args.rounds):
+            m1, m2 = copy.deepcopy(base), copy.deepcopy(base)
+            first_lk.append(timed(lorakit.load_adapter, m1, dirs[0], "a0"))
+            t = time.perf_counter()
+            p = peft.PeftModel.from_pretrained(m2, str(dirs[0]), adapter_name="a0")
+            first_pf.append(time.perf_counter() - t)
+            more_lk.append(med([timed(lorakit.load_adapter, m1, dirs[i], f"a{i}") for i in range(1, 4)]))
+            more_pf.append(med([timed(p.load_adapter, str(dirs[i]), adapter_name=f"a{i}") for i in range(1, 4)]))
+        out["load_adapter_ms"] = {
+            "lorakit_first": round(1000 * med(first_lk), 2), "peft_first": round(1000 * med(first_pf), 2),
+            "lorakit_further": round(1000 * med(more_lk), 2), "peft_further": round(1000 * med(more_pf), 2),
+            "further_ratio": round(med([a / b for a, b in zip(more_lk, more_pf, strict=True)]), 4),
+        }
 
     # Switching the active adapter.
-    sw_lk, sw_pf = [], []
-    for _ in range(args.rounds):
-        sw_lk.append(timed(lambda: [lorakit.set_active(lk, n) for n in names], repeat=20) / len(names))
-        sw_pf.append(timed(lambda: [pm.set_adapter(n) for n in names], repeat=2) / len(names))
-    out["switch_ms"] = {"lorakit": round(1000 * med(sw_lk), 4), "peft": round(1000 * med(sw_pf), 3),
-                        "ratio": round(med([a / b for a, b in zip(sw_lk, sw_pf, strict=True)]), 5)}
+    if "switch" in sections:
+        sw_lk, sw_pf = [], []
+        for _ in range(args.rounds):
+            sw_lk.append(timed(lambda: [lorakit.set_active(lk, n) for n in names], repeat=20) / len(names))
+            sw_pf.append(timed(lambda: [pm.set_adapter(n) for n in names], repeat=2) / len(names))
+        out["switch_ms"] = {"lorakit": round(1000 * med(sw_lk), 4), "peft": round(1000 * med(sw_pf), 3),
+                            "ratio": round(med([a / b for a, b in zip(sw_lk, sw_pf, strict=True)]), 5)}
 
     # Merging in place and back; then merge-and-unload.
-    lorakit.set_active(lk, "a0")
-    pm.set_adapter("a0")
-    w0 = {n: p.detach().clone() for n, p in lk.named_parameters() if "base_layer" in n}
-    mg_lk, mg_lk_unsafe, mg_pf, un_lk, un_pf, mu_lk, mu_pf = [], [], [], [], [], [], []
-    for _ in range(args.rounds):
-        mg_lk.append(timed(lorakit.merge, lk, "a0", safe=True))
-        un_lk.append(timed(lorakit.unmerge, lk))
-        mg_lk_unsafe.append(timed(lorakit.merge, lk, "a0", safe=False))
-        lorakit.unmerge(lk)
-        mg_pf.append(timed(pm.merge_adapter))
-        un_pf.append(timed(pm.unmerge_adapter))
-    # The floor for any in-place merge: one read and one write of every adapted weight (W.mul_(1.0)).
-    adapted = [m.base_layer.weight for _, m in lorakit.core.inject.wrappers(lk) if "a0" in m.lora_A]
-    with torch.no_grad():
-        floor = med([timed(lambda: [w.mul_(1.0) for w in adapted]) for _ in range(args.rounds)])
-    drift = max((p - w0[n]).abs().max().item() for n, p in lk.named_parameters() if n in w0)
-    for _ in range(max(3, args.rounds // 2)):
-        a, b = copy.deepcopy(lk), copy.deepcopy(pm)
-        mu_lk.append(timed(lambda m: lorakit.unwrap(lorakit.merge(m, "a0")), a))
-        mu_pf.append(timed(b.merge_and_unload))
-    out["merge_ms"] = {
-        "lorakit_merge_safe": round(1000 * med(mg_lk), 2), "lorakit_merge_unsafe": round(1000 * med(mg_lk_unsafe), 2),
-        "peft_merge_adapter": round(1000 * med(mg_pf), 2),
-        "ratio_safe": round(med([a / b for a, b in zip(mg_lk, mg_pf, strict=True)]), 4),
-        "lorakit_unmerge": round(1000 * med(un_lk), 2), "peft_unmerge_adapter": round(1000 * med(un_pf), 2),
-        "lorakit_merge_and_unwrap": round(1000 * med(mu_lk), 2), "peft_merge_and_unload": round(1000 * med(mu_pf), 2),
-        "unmerge_max_abs_drift_after_all_rounds": drift,
-        "memory_floor_one_pass_over_adapted_weights": round(1000 * floor, 2),
-    }
+    if "merge" in sections:
+        lorakit.set_active(lk, "a0")
+        pm.set_adapter("a0")
+        w0 = {n: p.detach().clone() for n, p in lk.named_parameters() if "base_layer" in n}
+        mg_lk, mg_lk_unsafe, mg_pf, un_lk, un_pf, mu_lk, mu_pf = [], [], [], [], [], [], []
+        for _ in range(args.rounds):
+            mg_lk.append(timed(lorakit.merge, lk, "a0", safe=True))
+            un_lk.append(timed(lorakit.unmerge, lk))
+            mg_lk_unsafe.append(timed(lorakit.merge, lk, "a0", safe=False))
+            lorakit.unmerge(lk)
+            mg_pf.append(timed(pm.merge_adapter))
+            un_pf.append(timed(pm.unmerge_adapter))
+        # The floor for any in-place merge: one read and one write of every adapted weight (W.mul_(1.0)).
+        adapted = [m.base_layer.weight for _, m in lorakit.core.inject.wrappers(lk) if "a0" in m.lora_A]
+        with torch.no_grad():
+            floor = med([timed(lambda: [w.mul_(1.0) for w in adapted]) for _ in range(args.rounds)])
+        drift = max((p - w0[n]).abs().max().item() for n, p in lk.named_parameters() if n in w0)
+        for _ in range(max(3, args.rounds // 2)):
+            a, b = copy.deepcopy(lk), copy.deepcopy(pm)
+            mu_lk.append(timed(lambda m: lorakit.unwrap(lorakit.merge(m, "a0")), a))
+            mu_pf.append(timed(b.merge_and_unload))
+        out["merge_ms"] = {
+            "lorakit_merge_safe": round(1000 * med(mg_lk), 2),
+            "lorakit_merge_unsafe": round(1000 * med(mg_lk_unsafe), 2),
+            "peft_merge_adapter": round(1000 * med(mg_pf), 2),
+            "ratio_safe": round(med([a / b for a, b in zip(mg_lk, mg_pf, strict=True)]), 4),
+            "lorakit_unmerge": round(1000 * med(un_lk), 2), "peft_unmerge_adapter": round(1000 * med(un_pf), 2),
+            "lorakit_merge_and_unwrap": round(1000 * med(mu_lk), 2),
+            "peft_merge_and_unload": round(1000 * med(mu_pf), 2),
+            "unmerge_max_abs_drift_after_all_rounds": drift,
+            "memory_floor_one_pass_over_adapted_weights": round(1000 * floor, 2),
+        }
     json.dump(out, sys.stdout, indent=2)
     print()
 

@@ -24,6 +24,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="built-in model name or transformers directory (a full fine-tune's model/)")
     p.add_argument("--adapter", help="LoRA adapter directory (PEFT format) to load on --model")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                   help="weights' dtype for scoring (default fp32; bf16 is ~1.7x faster where the hardware has "
+                        "native bf16, auto picks it there)")
 
 
 def add_decode_arguments(p: argparse.ArgumentParser) -> None:
@@ -121,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     if target.task == "glue":
         spec = glue_task(target.glue_task or "")
         records = read_glue(target.glue_task or "", target.data, split)[: args.limit]
-        model, tokenizer = load_trained(target.model, target.adapter, "seq-cls", spec.num_labels, args.device)
+        model, tokenizer = load_trained(target.model, target.adapter, "seq-cls", spec.num_labels, args.device,
+                                       args.precision)
         examples = tokenize_labeled(records, tokenizer, target.max_length)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         predictions = classify(model, examples, pad)
@@ -131,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
         reader = {"e2e": lambda: read_e2e(target.data, split), "instruct": lambda: read_instruct(target.data),
                   "jsonl": lambda: read_jsonl(target.data)}[target.task]
         records = reader()[: args.limit]
-        model, tokenizer = load_trained(target.model, target.adapter, "causal-lm", None, args.device)
+        model, tokenizer = load_trained(target.model, target.adapter, "causal-lm", None, args.device,
+                                       args.precision)
         result = evaluate_generation(model, tokenizer, records, decode_config(args), chat=target.task == "instruct")
         write_lines(out / "predictions.txt", result.predictions)
         if args.predictions_out:

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     target = resolve(args)
     task = args.task or (target.task if args.run else "plain")
     prompts = [e2e_prompt(text) for text in inputs] if task == "e2e" else inputs
-    model, tokenizer = load_trained(target.model, target.adapter, "causal-lm", None, args.device)
+    model, tokenizer = load_trained(target.model, target.adapter, "causal-lm", None, args.device, args.precision)
     ids = prompt_ids(prompts, tokenizer, target.max_length, chat=task == "instruct")
     texts = generate(model, tokenizer, ids, decode_config(args), progress=len(inputs) > args.batch_size)
     if args.output:

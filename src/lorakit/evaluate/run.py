@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from lorakit.core.errors import ConfigError
 from lorakit.core.io import atomic_write
 from lorakit.data import Example, TextPair, collate, group_references
 from lorakit.evaluate.decode import DecodeConfig, generate, prompt_ids
@@ -77,17 +78,31 @@ def evaluate_generation(
 
 
 def load_trained(
-    model: str, adapter: str | Path | None, kind: str, num_labels: int | None, device: str = "auto"
+    model: str, adapter: str | Path | None, kind: str, num_labels: int | None, device: str = "auto",
+    precision: str = "fp32",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A base model (built-in name or directory, e.g. a full fine-tune's) with an optional adapter loaded on top,
-    in eval mode on `device`."""
-    from lorakit.core.io import load_adapter
-    from lorakit.models import load, resolve_device
+    """A base model (built-in name or directory, e.g. a full fine-tune's) with an optional adapter merged in, in
+    eval mode on `device`.
 
+    The adapter is merged (exact to fp32 rounding) so scoring runs at the base model's speed. precision "bf16"
+    then casts every weight to bfloat16, about 1.7x faster on hardware with native bf16 and slightly different
+    in the last bits; "auto" picks bf16 where it is native (see lorakit.train.loop.native_bf16), else fp32.
+    """
+    from lorakit.core.io import load_adapter
+    from lorakit.core.merge import merge
+    from lorakit.models import load, resolve_device
+    from lorakit.train.loop import native_bf16
+
+    if precision not in ("fp32", "bf16", "auto"):
+        raise ConfigError(f"precision must be fp32, bf16 or auto, got {precision!r}")
     base, tokenizer = load(model, kind=kind, num_labels=num_labels)
     if adapter is not None:
-        load_adapter(base, adapter)
-    return base.to(resolve_device(device)).eval(), tokenizer
+        merge(base, load_adapter(base, adapter))
+    where = resolve_device(device)
+    base = base.to(where)
+    if precision == "bf16" or (precision == "auto" and native_bf16(where)):
+        base = base.to(torch.bfloat16)
+    return base.eval(), tokenizer
 
 
 def format_table(metrics: dict[str, float | None]) -> str:

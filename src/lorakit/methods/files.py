@@ -1,9 +1,9 @@
-"""Saving and loading what a method trained: the trainable tensors plus the method's name and options, and the
-PEFT prompt-tuning format (`prompt_embeddings`, (num_virtual_tokens, hidden)) for input prompts.
+"""Saving and loading what a method trained: the trainable tensors plus the method's name and options, and input
+prompts in PEFT's prompt-tuning format (core/io/peft.py knows that format).
 
 A method directory holds lorakit_method.json ({"method", "options", "lora"}) and trained.safetensors (every
 parameter that trained, by its name in the model). Prompt methods also write adapter_config.json and
-adapter_model.safetensors, so `peft.PeftModel.from_pretrained` loads the prompt.
+adapter_model.safetensors, so `peft.PeftModel.from_pretrained` loads the prompt (and a classifier head).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from torch import nn
 
 from lorakit.core.errors import AdapterFileError
 from lorakit.core.io import atomic_write
+from lorakit.core.io import peft as peft_format
+from lorakit.methods.blocks import head_names
 
 METHOD_FILE = "lorakit_method.json"
 STATE_FILE = "trained.safetensors"
-PEFT_CONFIG = "adapter_config.json"
-PEFT_WEIGHTS = "adapter_model.safetensors"
 
 
 def save_trained(model: nn.Module, directory: str | os.PathLike, info: dict[str, Any],
@@ -64,40 +64,23 @@ def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], where: Path
             params[k].copy_(t)
 
 
-def save_prompt(model: nn.Module, directory: str | os.PathLike, prompt: torch.Tensor) -> None:
-    """Write a (num_virtual_tokens, hidden) input prompt as a PEFT PROMPT_TUNING adapter."""
-    config = getattr(model, "config", None)
-    seq_cls = any(n in ("classifier", "score") for n, _ in model.named_children())
-    peft_config = {
-        "peft_type": "PROMPT_TUNING",
-        "task_type": "SEQ_CLS" if seq_cls else "CAUSAL_LM",
-        "base_model_name_or_path": getattr(config, "_name_or_path", None) or None,
-        "num_virtual_tokens": prompt.shape[0],
-        "token_dim": prompt.shape[1],
-        "num_transformer_submodules": 1,
-        "num_attention_heads": getattr(config, "num_attention_heads", None),
-        "num_layers": getattr(config, "num_hidden_layers", None),
-        "prompt_tuning_init": "RANDOM",
-        "prompt_tuning_init_text": None,
-        "tokenizer_name_or_path": None,
-        "inference_mode": True,
-        "revision": None,
-    }
-    out = Path(directory)
-    atomic_write(out / PEFT_WEIGHTS, st_save({"prompt_embeddings": prompt.detach().to("cpu").contiguous().clone()},
-                                             metadata={"format": "pt"}))
-    atomic_write(out / PEFT_CONFIG, (json.dumps(peft_config, indent=2) + "\n").encode())
+def save_prompt(model: nn.Module, directory: str | os.PathLike, prompt: torch.Tensor, head: bool = True) -> None:
+    """Write a (num_virtual_tokens, hidden) input prompt as a PEFT PROMPT_TUNING adapter, with the classification
+    head (if any) unless `head` is False (when another adapter file holds it)."""
+    write_files(directory, peft_format.prompt_tuning_files(model, prompt, head_state(model) if head else {}))
 
 
 def read_prompt(directory: str | os.PathLike) -> torch.Tensor:
     """The (num_virtual_tokens, hidden) prompt of a PEFT PROMPT_TUNING directory (ours or PEFT's)."""
-    d = Path(directory)
-    try:
-        config = json.loads((d / PEFT_CONFIG).read_text())
-        tensors = st_load((d / PEFT_WEIGHTS).read_bytes())
-    except (OSError, json.JSONDecodeError) as e:
-        raise AdapterFileError(f"{d} is not a PEFT prompt-tuning directory ({e})") from e
-    if config.get("peft_type") != "PROMPT_TUNING" or "prompt_embeddings" not in tensors:
-        raise AdapterFileError(f"{d} holds a {config.get('peft_type')} adapter, not PROMPT_TUNING with "
-                               "prompt_embeddings")
-    return tensors["prompt_embeddings"]
+    return peft_format.read_prompt_tuning(directory)
+
+
+def head_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The classification head's tensors by parameter name ("score.weight"), or {} for an LM."""
+    return {f"{name}.{k}": t for name in head_names(model) for k, t in model.get_submodule(name).state_dict().items()}
+
+
+def write_files(directory: str | os.PathLike, files: dict[str, bytes]) -> None:
+    """Write each file name -> contents into `directory`, atomically per file."""
+    for name, data in files.items():
+        atomic_write(Path(directory) / name, data)

@@ -14,16 +14,21 @@ A forward pre-hook on the model prepends the prefix to `inputs_embeds` and the a
 position ids; a forward hook cuts the l_p prefix positions off the logits, so logits keep the (B, T, V) shape of
 the input and the training loop, losses and decoding need no change. During cached decoding (a non-empty KV
 cache) the prefix is already in the cache, so only the mask and positions are extended.
+
+prefix-layer also saves in PEFT's PREFIX_TUNING format: real tokens see the prefix at each block only through the
+keys and values of the prefix positions, so those, computed once, reproduce the prefixed model in PEFT exactly.
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
 from lorakit.core.errors import ConfigError
+from lorakit.core.io import peft as peft_format
 from lorakit.methods.blocks import blocks, train_head
 from lorakit.methods.options import DEFAULT, MethodOptions, method_info
 from lorakit.train.methods import Export
@@ -166,8 +171,9 @@ def _prefix_method(name: str, init: Init) -> Any:
 
 
 def prefix_export(name: str, options: MethodOptions, config: RunConfig, prompt: bool) -> Export:
-    """Input prompts go to PEFT's PROMPT_TUNING files (other trained tensors, e.g. a head, to trained.safetensors);
-    PreLayer activations, which PEFT has no format for, go to trained.safetensors."""
+    """Input prompts go to PEFT's PROMPT_TUNING files (other trained tensors, e.g. a head, to trained.safetensors).
+    PreLayer activations go to trained.safetensors, which lorakit loads, and their keys/values to PEFT's
+    PREFIX_TUNING files for PEFT users (see save_prefix_tuning)."""
     from lorakit.methods.files import save_prompt, save_trained
 
     info = method_info(name, options, config)
@@ -177,9 +183,60 @@ def prefix_export(name: str, options: MethodOptions, config: RunConfig, prompt: 
             save_prompt(model, directory, getattr(model, ATTRIBUTE).activations[0])
             save_trained(model, directory, info, skip=(ATTRIBUTE,))
         else:
+            save_prefix_tuning(model, directory)
             save_trained(model, directory, info)
 
     return Export("adapter", write)
+
+
+def prefix_keys_values(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """What the input's tokens see of the prefix: per layer, the key and value (kv_heads, l_p, head_dim) at the
+    prefix positions; None for a model that returns no key/value cache of every position (an encoder like BERT).
+
+    One eval-mode forward over a single dummy token with use_cache=True: its cache starts with the l_p prefix
+    positions, which do not depend on the token because attention is causal. At a block with its own row they
+    come from that row alone; at blocks past the prefix's depth, from the rows below. Either way they are exactly
+    what any later token attends to there, so PEFT's prefix tuning reproduces the logits for every depth.
+    """
+    prefix: Prefix = getattr(model, ATTRIBUTE)
+    config = getattr(model, "config", None)
+    token = next((t for t in (getattr(config, "bos_token_id", None), getattr(config, "pad_token_id", None))
+                  if isinstance(t, int)), 0)
+    ids = torch.tensor([[token]], device=model.get_input_embeddings().weight.device)
+    modes = {m: m.training for m in model.modules()}
+    model.eval()  # dropout would make the keys and values random
+    try:
+        with torch.no_grad():
+            out = model(input_ids=ids, use_cache=True)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    cache = out.get("cache")
+    if cache is None:  # transformers before the output field was renamed
+        cache = out.get("past_key_values")
+    layers = getattr(cache, "layers", None)
+    n = prefix.length
+    # A sliding-window layer shorter than l_p + 1 keeps only the last positions; PEFT could not place them.
+    if not layers or any(layer.keys is None or layer.keys.shape[-2] != n + 1 for layer in layers):
+        return None
+    return [(layer.keys[0, :, :n], layer.values[0, :, :n]) for layer in layers]  # each (kv_heads, l_p, head_dim)
+
+
+def save_prefix_tuning(model: nn.Module, directory: str | os.PathLike) -> bool:
+    """Write the prefix as a PEFT PREFIX_TUNING adapter (adapter_config.json, adapter_model.safetensors; a
+    classification head as modules_to_save), so `peft.PeftModel.from_pretrained(base, directory)` gives the same
+    logits; returns False, writing nothing, when prefix_keys_values is None.
+
+    One way only: the file holds keys and values, which cannot be turned back into the activations (a key/value
+    of kv_heads·head_dim per layer is a projection of a d-wide row); lorakit loads trained.safetensors instead.
+    """
+    from lorakit.methods.files import head_state, write_files
+
+    keys_values = prefix_keys_values(model)
+    if keys_values is None:
+        return False
+    write_files(directory, peft_format.prefix_tuning_files(model, keys_values, head_state(model)))
+    return True
 
 
 prefix_embed = _prefix_method("prefix-embed", "normal")

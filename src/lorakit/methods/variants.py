@@ -122,7 +122,7 @@ def lora_prefix(model: nn.Module, config: RunConfig, options: MethodOptions = DE
 
     def write(model: nn.Module, directory: Path) -> None:
         save_adapter(model, directory, "default")
-        save_prompt(model, Path(directory) / "prompt", getattr(model, PREFIX).activations[0])
+        save_prompt(model, Path(directory) / "prompt", getattr(model, PREFIX).activations[0], head=False)
         save_trained(model, directory, info, skip=("",))  # the method file only; the tensors are above
 
     return Export("adapter", write)

@@ -24,10 +24,9 @@ from lorakit.core.config import LoraConfig
 from lorakit.core.errors import AdapterFileError
 from lorakit.core.inject import inject_factors, set_trainable, state_of, wrappers
 from lorakit.core.io import peft as peft_keys
+from lorakit.core.io.peft import CONFIG_FILE, WEIGHTS_FILE
 from lorakit.core.layers_extra import SavedModule
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
 LORAKIT_FILE = "lorakit.json"
 PREFIX = "base_model.model."
 

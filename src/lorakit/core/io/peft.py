@@ -1,13 +1,23 @@
-"""PEFT's key names and config fields, both ways (with io/files.py, the only code that knows PEFT's format)."""
+"""PEFT's key names and config fields, both ways (with io/files.py, the only code that knows PEFT's format).
+
+LoRA adapters (peft_type LORA) and the prompt-learning adapters of the prefix methods: PROMPT_TUNING (embeddings
+prepended to the input) and PREFIX_TUNING (a key/value prefix at every layer), both a single `prompt_embeddings`
+tensor.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 from torch import nn
 
 from lorakit.core.errors import AdapterFileError
@@ -15,7 +25,12 @@ from lorakit.core.layers import is_wrapper
 from lorakit.core.layers_extra import LoraEmbedding, SavedModule
 from lorakit.core.targets import kind_of, matches
 
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model."
+PROMPT_KEY = "prompt_embeddings"
+# PEFT's prompt-learning models hold the transformers model directly as `base_model` (no LoraModel in between).
+PROMPT_HEAD_PREFIX = "base_model."
 LORA_KEY = re.compile(r"(.+)\.(lora_A|lora_B)\.weight|(.+)\.(lora_embedding_A|lora_embedding_B)")
 # Keys PEFT (0.x up to 0.21) writes in a LoRA adapter_config.json. Anything else is refused as unknown.
 KNOWN_KEYS = {
@@ -270,3 +285,82 @@ def _plan_saved(k: str, t: torch.Tensor, names: list, modules: dict, plan: LoadP
         problems.append(f"{k}: does not fit module {path} ({type(module).__name__}); wrong base model?")
         return
     plan.saved.setdefault(path, {})[pname] = t
+
+
+def prompt_tuning_files(model: nn.Module, prompt: torch.Tensor, head: dict[str, torch.Tensor]) -> dict[str, bytes]:
+    """The files of a PEFT PROMPT_TUNING adapter: `prompt` (num_virtual_tokens, d) is prepended to the input
+    embeddings; `head` (parameter name -> tensor, e.g. "score.weight") is a trained classifier, or {} for an LM."""
+    config = {
+        **_prompt_learning_config(model, "PROMPT_TUNING", prompt.shape[0], prompt.shape[1],
+                                  getattr(getattr(model, "config", None), "num_attention_heads", None), head),
+        "prompt_tuning_init": "RANDOM",
+        "prompt_tuning_init_text": None,
+        "tokenizer_name_or_path": None,
+    }
+    return _prompt_learning_files(config, prompt, head)
+
+
+def prefix_tuning_files(model: nn.Module, keys_values: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                        head: dict[str, torch.Tensor]) -> dict[str, bytes]:
+    """The files of a PEFT PREFIX_TUNING adapter whose layer i prepends keys_values[i] = (K_i, V_i), each
+    (kv_heads, n, head_dim), to the keys and values its attention computes for the input.
+
+    PEFT's get_prompt views prompt_embeddings (n, L·2·kv_heads·head_dim) as (n, 2L, kv_heads, head_dim) and
+    permutes it to (2L, kv_heads, n, head_dim): entry 2i is layer i's key, 2i+1 its value. token_dim is
+    kv_heads·head_dim and num_attention_heads is kv_heads, as PEFT sets them itself for grouped-query attention.
+    """
+    tensors = [t for kv in keys_values for t in kv]
+    if len({t.shape for t in tensors}) != 1 or tensors[0].dim() != 3:
+        raise AdapterFileError(f"PEFT's PREFIX_TUNING needs one (kv_heads, n, head_dim) key/value shape for every "
+                               f"layer; got {sorted({tuple(t.shape) for t in tensors})}")
+    stacked = torch.stack(tensors)  # (2L, kv_heads, n, head_dim)
+    two_layers, heads, n, head_dim = stacked.shape
+    weight = stacked.permute(2, 0, 1, 3).reshape(n, two_layers * heads * head_dim)  # (n, 2L·kv_heads·head_dim)
+    config = {
+        **_prompt_learning_config(model, "PREFIX_TUNING", n, heads * head_dim, heads, head),
+        "num_layers": two_layers // 2,
+        "encoder_hidden_size": heads * head_dim,
+        "prefix_projection": False,
+        "init_weights": None,
+    }
+    return _prompt_learning_files(config, weight, head)
+
+
+def read_prompt_tuning(directory: str | os.PathLike) -> torch.Tensor:
+    """The (num_virtual_tokens, d) prompt of a PEFT PROMPT_TUNING directory (ours or PEFT's)."""
+    d = Path(directory)
+    try:
+        config = json.loads((d / CONFIG_FILE).read_text())
+        tensors = st_load((d / WEIGHTS_FILE).read_bytes())
+    except (OSError, json.JSONDecodeError) as e:
+        raise AdapterFileError(f"{d} is not a PEFT prompt-tuning directory ({e})") from e
+    if config.get("peft_type") != "PROMPT_TUNING" or PROMPT_KEY not in tensors:
+        raise AdapterFileError(f"{d} holds a {config.get('peft_type')} adapter, not PROMPT_TUNING with "
+                               f"{PROMPT_KEY}")
+    return tensors[PROMPT_KEY]
+
+
+def _prompt_learning_config(model: nn.Module, peft_type: str, virtual_tokens: int, token_dim: int,
+                            heads: int | None, head: dict[str, torch.Tensor]) -> dict:
+    config = getattr(model, "config", None)
+    modules = sorted({name.rsplit(".", 1)[0] for name in head})
+    return {
+        "peft_type": peft_type,
+        "task_type": "SEQ_CLS" if any(n in ("classifier", "score") for n, _ in model.named_children()) else "CAUSAL_LM",
+        "base_model_name_or_path": getattr(config, "_name_or_path", None) or None,
+        "revision": None,
+        "inference_mode": True,
+        "num_virtual_tokens": virtual_tokens,
+        "token_dim": token_dim,
+        "num_transformer_submodules": 1,
+        "num_attention_heads": heads,
+        "num_layers": getattr(config, "num_hidden_layers", None),
+        "modules_to_save": modules or None,
+    }
+
+
+def _prompt_learning_files(config: dict, weight: torch.Tensor, head: dict[str, torch.Tensor]) -> dict[str, bytes]:
+    tensors = {PROMPT_KEY: weight, **{PROMPT_HEAD_PREFIX + k: t for k, t in head.items()}}
+    tensors = {k: t.detach().to("cpu").contiguous().clone() for k, t in tensors.items()}
+    return {WEIGHTS_FILE: st_save(tensors, metadata={"format": "pt"}),
+            CONFIG_FILE: (json.dumps(config, indent=2) + "\n").encode()}
