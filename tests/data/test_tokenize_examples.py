@@ -14,6 +14,7 @@ from lorakit.data import (
     LabeledText,
     TextPair,
     collate,
+    model_inputs,
     tokenize_labeled,
     tokenize_pairs,
 )
@@ -138,7 +139,7 @@ def test_labeled_examples_carry_one_label_and_are_cut_to_max_length(
     texts = [LabeledText("Aromi is a pub.", None, 1), LabeledText(CORPUS[1], None, 0)]
     with caplog.at_level(logging.WARNING, logger="lorakit.data.tokenize"):
         examples = tokenize_labeled(texts, tok, max_length=8)
-    assert examples[0] == Example(tok.encode("Aromi is a pub."), [1])
+    assert examples[0].input_ids == tok.encode("Aromi is a pub.") and examples[0].labels == [1]
     assert len(examples[1].input_ids) == 8 and examples[1].labels == [0]
     assert "1 of 2 texts were longer than max_length=8" in caplog.text
 
@@ -146,6 +147,25 @@ def test_labeled_examples_carry_one_label_and_are_cut_to_max_length(
 def test_labeled_pairs_encode_both_texts(tok: PreTrainedTokenizerFast) -> None:
     ex = tokenize_labeled([LabeledText("Aromi", "a pub", 1)], tok, max_length=32)[0]
     assert ex.input_ids == tok("Aromi", "a pub")["input_ids"]
+
+
+def test_pair_segment_ids_reach_the_model_inputs() -> None:
+    # BERT-style pairs: the tokenizer's segment ids (0 for the first text, 1 for the second) are kept, padded
+    # with 0, and passed to the model; tokenizers that make none (GPT-2, Llama) add no key.
+    bert_like = byte_bpe()
+    bert_like.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A:0", pair="<s> $A:0 <s> $B:1", special_tokens=[("<s>", 1)])
+    bert_like.model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+    short, long = tokenize_labeled([LabeledText("Aromi", "a pub", 1), LabeledText("Aromi is", "a pub near", 0)],
+                                   bert_like, max_length=32)
+    n_first = len(bert_like.encode("Aromi", add_special_tokens=False)) + 2  # <s> A <s> are segment 0
+    assert short.token_type_ids == [0] * n_first + [1] * (len(short.input_ids) - n_first)
+    batch = collate([short, long], pad_id=0)
+    padding = len(long.input_ids) - len(short.input_ids)
+    assert batch["token_type_ids"].tolist()[0] == short.token_type_ids + [0] * padding
+    assert set(model_inputs(batch)) == {"input_ids", "attention_mask", "token_type_ids"}
+    plain = collate([Example([5, 6], [1]), Example([7], [0])], pad_id=0)
+    assert set(model_inputs(plain)) == {"input_ids", "attention_mask"}
 
 
 def test_collate_pads_inputs_mask_and_labels_on_the_chosen_side() -> None:

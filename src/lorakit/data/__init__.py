@@ -6,7 +6,14 @@ from lorakit.data.glue import GLUE_TASKS, GlueTask, glue_task, read_glue
 from lorakit.data.instruct import instruct_prompt, read_instruct
 from lorakit.data.jsonl import read_jsonl
 from lorakit.data.records import LabeledText, TextPair
-from lorakit.data.tokenize import IGNORE_INDEX, Example, collate, tokenize_labeled, tokenize_pairs
+from lorakit.data.tokenize import (
+    IGNORE_INDEX,
+    Example,
+    collate,
+    model_inputs,
+    tokenize_labeled,
+    tokenize_pairs,
+)
 
 __all__ = [
     "DataError",
@@ -18,6 +25,7 @@ __all__ = [
     "LabeledText",
     "TextPair",
     "collate",
+    "model_inputs",
     "e2e_prompt",
     "glue_task",
     "group_references",

@@ -37,6 +37,8 @@ class Example:
 
     input_ids: list[int]
     labels: list[int]
+    token_type_ids: list[int] | None = None
+    """Segment ids (0 for the first text, 1 for the second) where the tokenizer makes them (BERT-style pairs)."""
 
 
 def tokenize_pairs(
@@ -104,16 +106,20 @@ def tokenize_labeled(
     _check_max_length(max_length, minimum=1)
     firsts = [t.text for t in texts]
     seconds = [t.text_pair or "" for t in texts] if any(t.text_pair is not None for t in texts) else None
-    ids = tokenizer(firsts, seconds)["input_ids"]
+    encoded = tokenizer(firsts, seconds)
+    ids, types = encoded["input_ids"], encoded.get("token_type_ids")
     long = [i for i, row in enumerate(ids) if len(row) > max_length]
     if long:
         cut = tokenizer([firsts[i] for i in long], None if seconds is None else [seconds[i] for i in long],
-                        truncation=True, max_length=max_length)["input_ids"]
-        for i, row in zip(long, cut, strict=True):
-            ids[i] = row
+                        truncation=True, max_length=max_length)
+        for k, i in enumerate(long):
+            ids[i] = cut["input_ids"][k]
+            if types is not None:
+                types[i] = cut["token_type_ids"][k]
         logger.warning("%d of %d texts were longer than max_length=%d and were cut; raise max_length to keep "
                        "them whole.", len(long), len(texts), max_length)
-    return [Example(input_ids=list(row), labels=[t.label]) for row, t in zip(ids, texts, strict=True)]
+    return [Example(input_ids=list(row), labels=[t.label], token_type_ids=None if types is None else list(types[i]))
+            for i, (row, t) in enumerate(zip(ids, texts, strict=True))]
 
 
 def collate(
@@ -138,6 +144,8 @@ def collate(
         "input_ids": torch.tensor([pad(e.input_ids, pad_id) for e in examples], dtype=torch.long),
         "attention_mask": torch.tensor([pad([1] * len(e.input_ids), 0) for e in examples], dtype=torch.long),
     }
+    if all(e.token_type_ids is not None for e in examples):
+        batch["token_type_ids"] = torch.tensor([pad(e.token_type_ids, 0) for e in examples], dtype=torch.long)
     if all(len(e.labels) == len(e.input_ids) for e in examples):
         batch["labels"] = torch.tensor([pad(e.labels, IGNORE_INDEX) for e in examples], dtype=torch.long)
     elif all(len(e.labels) == 1 for e in examples):
@@ -146,6 +154,14 @@ def collate(
         raise DataError("cannot collate examples whose labels are neither one per token nor one per example; "
                         "do not mix tokenize_pairs and tokenize_labeled output in one batch.")
     return batch
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a collated batch that the model's forward takes (not the labels), optionally moved."""
+    return {k: batch[k] if device is None else batch[k].to(device) for k in MODEL_INPUTS if k in batch}
 
 
 def _check_max_length(max_length: int, minimum: int) -> None:

@@ -13,7 +13,7 @@ from torch import nn
 
 from lorakit.core.errors import ConfigError
 from lorakit.core.io import atomic_write
-from lorakit.data import Example, TextPair, collate, group_references
+from lorakit.data import Example, TextPair, collate, group_references, model_inputs
 from lorakit.evaluate.decode import DecodeConfig, generate, prompt_ids
 from lorakit.evaluate.metrics import accuracy, e2e_metrics, f1, matthews_corrcoef
 
@@ -40,8 +40,7 @@ def classify(model: nn.Module, examples: Sequence[Example], pad_id: int, batch_s
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             batch = collate(examples[start: start + batch_size], pad_id)
-            logits = model(input_ids=batch["input_ids"].to(device),
-                           attention_mask=batch["attention_mask"].to(device)).logits
+            logits = model(**model_inputs(batch, device)).logits
             predictions += logits.argmax(-1).tolist()
     model.train(was_training)
     return predictions

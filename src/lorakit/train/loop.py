@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lorakit.core.errors import ConfigError, LoraError
-from lorakit.data import IGNORE_INDEX, Example, collate
+from lorakit.data import IGNORE_INDEX, Example, collate, model_inputs
 from lorakit.train import checkpoint, distributed
 from lorakit.train.batches import BatchOrder, micro_batches, step_seed
 from lorakit.train.config import TrainConfig
@@ -153,8 +153,7 @@ def fit(
                     batch = {key: t.to(where.device) for key, t in batch.items()}
                     with distributed.no_sync(train_model, last=k == len(batches) - 1), autocast(), \
                             attention_kernel(where.device, batch["input_ids"].shape[1]):
-                        logits = train_model(input_ids=batch["input_ids"],
-                                             attention_mask=batch["attention_mask"]).logits
+                        logits = train_model(**model_inputs(batch)).logits
                         micro_loss = cross_entropy_sum(logits, batch["labels"], config.label_smoothing)
                     # DDP averages gradients over processes; times world makes them the global mean's gradient.
                     (micro_loss * where.world / labels_total).backward()
@@ -232,7 +231,7 @@ def _dev_metrics(
         for start in range(0, len(mine), config.eval_batch_size):
             batch = collate([examples[i] for i in mine[start: start + config.eval_batch_size]], pad_id)
             batch = {k: t.to(where.device) for k, t in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = model(**model_inputs(batch)).logits
             totals += torch.stack([cross_entropy_sum(logits, batch["labels"]),
                                    torch.tensor(float(_label_count(batch["labels"])), device=where.device)])
         loss, count = distributed.sum_all(totals, where).tolist()
