@@ -7,12 +7,13 @@ per request, 8 rank-8 q,v adapters with non-zero B. Measured:
   serve.cN          N concurrent streaming HTTP clients over 8 adapters against a server in its own process:
                     aggregate generated tokens/s and time-to-first-token p50/p95
   soak              clients looping for --soak-seconds: errors, server RSS before/after, greedy == solo
-  engine_32_rows    the engine alone (no HTTP): median decode step of 32 rows spread over K resident adapters
-                    (1, 8, 64), and with 8 rank-8 adapters plus one resident rank-64 adapter (the core's mixed
-                    path multiplies by the stacked factors of the adapters present in the batch, so an idle
-                    rank-64 adapter should cost nothing and a present one only its own rank)
+  engine_32_rows    the engine alone (no HTTP): median decode step of 32 rows with K resident adapters (1, 8,
+                    64) and the rows spread over 8 of them (1 when K = 1), plus 64 resident with the rows over
+                    32 distinct adapters, and 8 rank-8 adapters plus one rank-64 adapter idle or in use (the
+                    core's mixed path multiplies by the stacked factors of the adapters present in the batch,
+                    so an idle adapter should cost nothing and a present one only its own rank)
 
-    python bench/serve.py [--threads 1] [--soak-seconds 20] [--random] [--dtype bfloat16]
+    python bench/serve.py [--threads 1] [--soak-seconds 20] [--random] [--dtype bfloat16] [--engine-only]
 """
 
 from __future__ import annotations
@@ -227,8 +228,9 @@ def bench_server(args, dirs: list[Path], texts: list[str]) -> dict:
 
 # ---- the engine alone: resident adapter count and rank padding ----
 
-def engine_step_times(model, tok, dirs: list[Path], texts: list[str], new: int) -> list[float]:
-    """Seconds of each decode step with 32 rows spread over every adapter in `dirs` (all resident)."""
+def engine_step_times(model, tok, dirs: list[Path], texts: list[str], new: int, used: int) -> list[float]:
+    """Seconds of each decode step with every adapter in `dirs` resident and 32 rows spread over the first
+    `used` of them."""
     from lorakit.serve.engine import Engine
     from lorakit.serve.pool import AdapterPool
     from lorakit.serve.sampling import SamplingParams
@@ -239,7 +241,7 @@ def engine_step_times(model, tok, dirs: list[Path], texts: list[str], new: int) 
     engine = Engine(model, tok, pool)
     params = SamplingParams(max_tokens=new, temperature=0, ignore_eos=True)
     for i, text in enumerate(texts[:32]):
-        engine.submit(tok.encode(text), f"a{i % len(dirs)}", params, lambda e: None)
+        engine.submit(tok.encode(text), f"a{i % used}", params, lambda e: None)
     engine.step()  # admission and prefill
     times = []
     while engine.running:
@@ -255,12 +257,17 @@ def engine_step_times(model, tok, dirs: list[Path], texts: list[str], new: int) 
 def bench_engine(model, tok, dirs: list[Path], rank64: list[Path], texts: list[str], new: int, rounds: int) -> dict:
     """Decode tokens/s at 32 rows from the median step time; configurations interleave round by round, so the
     shared machine's load drifts over all of them alike."""
-    configs = {"adapters_1": dirs[:1], "adapters_8": dirs[:8], "adapters_64": dirs[:64],
-               "adapters_8_plus_one_rank_64": dirs[:8] + rank64}
+    # (resident adapters, how many of them the 32 rows use): the issue's "1 -> 8 -> 64 resident" keeps the
+    # request mix of the throughput runs (8 adapters in use) while more adapters sit in the pool; the
+    # 32-distinct case shows what a batch spanning many adapters costs.
+    configs = {"adapters_1": (dirs[:1], 1), "adapters_8": (dirs[:8], 8), "adapters_64_resident_8_used": (dirs[:64], 8),
+               "adapters_64_resident_32_used": (dirs[:64], 32),
+               "adapters_8_plus_idle_rank_64": (dirs[:8] + rank64, 8),
+               "adapters_8_plus_used_rank_64": (dirs[:8] + rank64, 9)}
     steps: dict[str, list[float]] = {k: [] for k in configs}
     for _ in range(rounds):
-        for name, ds in configs.items():
-            steps[name] += engine_step_times(model, tok, ds, texts, new)
+        for name, (ds, used) in configs.items():
+            steps[name] += engine_step_times(model, tok, ds, texts, new, used)
     out = {k: {"median_step_ms": round(1000 * statistics.median(v), 1),
                "decode_tokens_per_s": round(32 / statistics.median(v), 1)} for k, v in steps.items()}
     base = out["adapters_1"]["decode_tokens_per_s"]
@@ -278,6 +285,7 @@ def main() -> int:
     p.add_argument("--skip-peft-sequential", action="store_true")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the engine-alone measurements")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="for PEFT and lorakit alike")
+    p.add_argument("--engine-only", action="store_true", help="only the engine-alone measurements (no PEFT, no HTTP)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = base_model(args.random, args.dtype)
@@ -288,6 +296,10 @@ def main() -> int:
         root = Path(tmp)
         dirs = make_adapters(model, root, 64)
         rank64 = make_adapters(model, root, 1, rank=64, seed=100)
+        if args.engine_only:
+            result["engine_32_rows"] = bench_engine(model, tok, dirs, rank64, texts, 16, args.rounds)
+            print(json.dumps(result, indent=2))
+            return 0
         peft_base = base_model(args.random, args.dtype)[0]
         result["peft"] = bench_peft(peft_base, tok, dirs[:ADAPTERS], texts, args.new_tokens,
                                     not args.skip_peft_sequential)

@@ -10,35 +10,36 @@ from tiny import randomize, tiny_gpt2, tiny_llama
 
 from lorakit.core.config import LoraConfig
 from lorakit.core.inject import wrappers
+from lorakit.core.layers import MAGNITUDE
 from lorakit.core.merge import delta_weight
-from lorakit.methods import ALL, MethodOptions
-from lorakit.methods.variants import MAGNITUDE
+from lorakit.methods import ALL
 from lorakit.train.config import RunConfig
 
 
 def test_dora_starts_exactly_at_the_base_output(ids):
     model = tiny_gpt2()
     before = model(input_ids=ids).logits
-    ALL["dora"](model, RunConfig(lora=LoraConfig(targets=("c_attn", "c_fc"))), MethodOptions())
+    ALL["dora"](model, RunConfig(lora=LoraConfig(targets=("c_attn", "c_fc"))))
     torch.testing.assert_close(model(input_ids=ids).logits, before)
 
 
 def test_dora_layer_computes_magnitude_times_normalized_weight():
     model = tiny_llama()
-    ALL["dora"](model, RunConfig(lora=LoraConfig(targets=("q_proj",))), MethodOptions())
+    ALL["dora"](model, RunConfig(lora=LoraConfig(targets=("q_proj",))))
     randomize(model)
     _, layer = next(iter(wrappers(model)))
     with torch.no_grad():
-        getattr(layer, MAGNITUDE).mul_(torch.linspace(0.5, 2.0, layer.out_features))
+        m = getattr(layer, MAGNITUDE)["default"]
+        m.mul_(torch.linspace(0.5, 2.0, layer.out_features))
         x = torch.randn(3, layer.in_features)
         w = layer.weight_2d() + delta_weight(layer, "default")
-        expected = x @ (getattr(layer, MAGNITUDE)[:, None] * w / w.norm(dim=1, keepdim=True)).T
+        expected = x @ (m[:, None] * w / w.norm(dim=1, keepdim=True)).T
         torch.testing.assert_close(layer(x), expected)
 
 
 def test_dora_trains_magnitudes_and_lora_factors_only():
     model = tiny_llama()
-    ALL["dora"](model, RunConfig(lora=LoraConfig(targets=("q_proj",))), MethodOptions())
+    ALL["dora"](model, RunConfig(lora=LoraConfig(targets=("q_proj",))))
     trained = {n.rsplit(".", 2)[-2] if "lora_" in n else n.rsplit(".", 1)[-1]
                for n, p in model.named_parameters() if p.requires_grad}
     assert trained == {"lora_A", "lora_B", MAGNITUDE}
@@ -46,12 +47,12 @@ def test_dora_trains_magnitudes_and_lora_factors_only():
 
 def test_rslora_scales_by_alpha_over_root_r():
     model = tiny_llama()
-    ALL["rslora"](model, RunConfig(lora=LoraConfig(rank=16, alpha=8.0)), MethodOptions())
+    ALL["rslora"](model, RunConfig(lora=LoraConfig(rank=16, alpha=8.0)))
     assert all(math.isclose(m.scaling["default"], 8.0 / 4.0) for _, m in wrappers(model))
 
 
 def test_pissa_starts_at_the_base_output(ids):
     model = tiny_llama()
     before = model(input_ids=ids).logits
-    ALL["pissa"](model, RunConfig(lora=LoraConfig(rank=4)), MethodOptions())
+    ALL["pissa"](model, RunConfig(lora=LoraConfig(rank=4)))
     torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=1e-4, atol=1e-5)

@@ -30,7 +30,7 @@ def gpt2_medium_on_meta() -> GPT2LMHeadModel:
 
 
 def prepared(model: torch.nn.Module, name: str, options: MethodOptions, lora: LoraConfig | None = None):
-    ALL[name](model, RunConfig(lora=lora or LoraConfig(targets=("c_attn",))), options)
+    ALL[name](model, RunConfig(lora=lora or LoraConfig(targets=("c_attn",)), method_options=options))
     return model
 
 
@@ -69,7 +69,7 @@ def test_paper_formulas_give_the_papers_gpt2_medium_numbers():
 
 def test_bitfit_on_a_bias_free_model_is_refused_with_the_reason():
     with pytest.raises(ConfigError, match="has none .*Llama-style"):
-        ALL["bitfit"](tiny_llama(), RunConfig(), MethodOptions())
+        ALL["bitfit"](tiny_llama(), RunConfig())
 
 
 def test_bitfit_trains_exactly_the_biases():

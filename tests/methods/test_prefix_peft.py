@@ -33,7 +33,7 @@ def trained(make, name: str = "prefix-layer", seed: int = 5):
     """`make()` with method `name`, its trainable tensors moved off their init as training would; and its Export."""
     model = make()
     torch.manual_seed(seed)
-    export = ALL[name](model, RunConfig(), MethodOptions(prefix_length=PREFIX))
+    export = ALL[name](model, RunConfig(method_options=MethodOptions(prefix_length=PREFIX)))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():

@@ -20,7 +20,7 @@ def compare(config: CompareConfig, progress: bool = True, latency: bool = True) 
     """Train every variant x seed, measure latency side by side, write results.json and the reports."""
     from lorakit.compare.latency import lora_variants, measure
     from lorakit.compare.report import summary, write_report
-    from lorakit.compare.runner import options, prepare, run_all, run_config
+    from lorakit.compare.runner import prepare, run_all, run_config
     from lorakit.core.io import atomic_write
     from lorakit.methods import ALL, LORA_FAMILY
     from lorakit.models import resolve_device
@@ -34,7 +34,7 @@ def compare(config: CompareConfig, progress: bool = True, latency: bool = True) 
         # Full FT, FT-top2 and BitFit change weights only, so they run exactly like the base model.
         for method in config.methods:
             if method not in LORA_FAMILY and method not in ("full", "ft-top2", "bitfit"):
-                variants[method] = _applied(ALL[method], rc, options(config))
+                variants[method] = _applied(ALL[method], rc)
         cells = measure(base, variants, config.latency_batches, config.latency_lengths, config.latency_repeats,
                         resolve_device(None if config.device == "auto" else config.device))
     results = {
@@ -49,9 +49,9 @@ def compare(config: CompareConfig, progress: bool = True, latency: bool = True) 
     return results
 
 
-def _applied(method: Any, rc: Any, opts: Any) -> Any:
+def _applied(method: Any, rc: Any) -> Any:
     def make(model: Any) -> Any:
-        method(model, rc, opts)
+        method(model, rc)
         return model
 
     return make

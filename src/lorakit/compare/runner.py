@@ -22,9 +22,9 @@ from lorakit.compare.config import CompareConfig
 from lorakit.core.config import LoraConfig
 from lorakit.core.errors import ConfigError
 from lorakit.core.io import atomic_write
-from lorakit.methods import ALL, MethodOptions, trainable_count
+from lorakit.methods import ALL, trainable_count
 from lorakit.train import checkpoint, tasks
-from lorakit.train.config import DataConfig, RunConfig, TrainConfig
+from lorakit.train.config import DataConfig, MethodOptions, RunConfig, TrainConfig
 
 RESULT_FILE = "result.json"
 TIMELINE_FILE = "timeline.jsonl"
@@ -55,11 +55,9 @@ def run_config(config: CompareConfig, method: str, rank: int | None, seed: int, 
         keep_checkpoints=1, device=config.device, precision=config.precision,
         best_metric="accuracy" if config.task == "glue" else "dev_loss",
     )
-    return RunConfig(method=method, run_dir=str(run_dir), data=data_config(config), lora=lora, train=train)
-
-
-def options(config: CompareConfig) -> MethodOptions:
-    return MethodOptions(bottleneck=config.bottleneck, prefix_length=config.prefix_length)
+    options = MethodOptions(bottleneck=config.bottleneck, prefix_length=config.prefix_length)
+    return RunConfig(method=method, run_dir=str(run_dir), data=data_config(config), lora=lora,
+                     method_options=options, train=train)
 
 
 def prepare(config: CompareConfig) -> tuple[Prepared, nn.Module, Any]:
@@ -80,7 +78,7 @@ def prepare(config: CompareConfig) -> tuple[Prepared, nn.Module, Any]:
         problems.append(f"no dev split found under {config.data}; a comparison needs dev data to evaluate")
     for label, method, rank in config.variants():
         try:
-            ALL[method](copy.deepcopy(model), run_config(config, method, rank, 0, Path(".")), options(config))
+            ALL[method](copy.deepcopy(model), run_config(config, method, rank, 0, Path(".")))
         except ConfigError as e:
             problems.append(f"{label} cannot apply to {config.model}: {e}")
     if problems:
@@ -116,7 +114,7 @@ def run_one(config: CompareConfig, prepared: Prepared, base: nn.Module, tokenize
     rc = run_config(config, method, rank, seed, run_dir)
     torch.manual_seed(seed)  # seeds adapter/prefix initialization; a resume overwrites it from the checkpoint
     model = copy.deepcopy(base)
-    export = ALL[method](model, rc, options(config))
+    export = ALL[method](model, rc)
     trainable, total = trainable_count(model), sum(p.numel() for p in model.parameters())
     resume = bool(checkpoint.checkpoints(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,10 @@ WHOLE = (slice(None), slice(None))
 # should be each row's own rank); shorter ones over few adapters multiply by all present adapters at once.
 PER_ROW_MIN_TOKENS = 8
 PRESENT_MAX_ADAPTERS = 2  # short rows over more adapters than this (of about equal rank) take the per-row path
+# A LoraLinear's DoRA magnitudes m (out,) by adapter name: an nn.ParameterDict that lorakit.methods.variants adds
+# with the forward hook that uses them. Core saves them, reads them from files, deletes them, and refuses to merge
+# them; it never computes with them.
+MAGNITUDE = "lora_magnitude"
 
 
 class LoraLinear(nn.Module):
@@ -317,7 +321,7 @@ def remove_adapter(layer: nn.Module, name: str) -> None:
     """Drop one adapter's tensors and settings from a layer."""
     if name in layer.merged:
         raise AdapterError(f"adapter {name!r} is merged; unmerge it before deleting it")
-    for d in (layer.lora_A, layer.lora_B):
+    for d in (layer.lora_A, layer.lora_B, getattr(layer, MAGNITUDE, {})):
         if name in d:
             del d[name]
     for d in (layer.scaling, layer.dropout, getattr(layer, "pissa", {})):

@@ -16,7 +16,7 @@ from torch import nn
 from lorakit.core.config import LoraConfig
 from lorakit.core.errors import AdapterError, MergeError
 from lorakit.core.inject import state_of, wrappers
-from lorakit.core.layers import Part, apply_delta, put_adapter
+from lorakit.core.layers import MAGNITUDE, Part, apply_delta, put_adapter
 
 
 def lora_layers(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
@@ -40,7 +40,9 @@ def merge(model: nn.Module, name: str = "default", safe: bool = True) -> nn.Modu
     """
     state = state_of(model)
     state.require(name)
-    todo = [e for e in _plan(model, name) if name not in e[1].merged]
+    plan = _plan(model, name)
+    _refuse_dora(name, [(p, m) for p, m, _, _, _ in plan], "merged")
+    todo = [e for e in plan if name not in e[1].merged]
     bound = _bound(model, name) if safe or _tracking(todo) else math.inf
     if safe:
         _check_finite(todo, name, bound)
@@ -62,6 +64,15 @@ def unmerge(model: nn.Module) -> nn.Module:
             for _, m, _, _, _ in todo:
                 m.merged.remove(name)
     return model
+
+
+def _refuse_dora(name: str, layers: list[tuple[str, nn.Module]], what: str) -> None:
+    """MergeError if adapter `name` is DoRA on any of `layers`: its update is m ⊙ (W + ΔW)/‖W + ΔW‖, not ΔW."""
+    dora = [path for path, m in layers if name in getattr(m, MAGNITUDE, ())]
+    if dora:
+        raise MergeError(f"adapter {name!r} is DoRA (a magnitude m on {dora[0]} and {len(dora) - 1} more layers) and "
+                         f"cannot be {what}: lorakit's merge adds ΔW = s·B·A only, which would drop m ⊙ 1/‖W + ΔW‖. "
+                         "Nothing was changed; run the DoRA adapter unmerged")
 
 
 def _plan(model: nn.Module, name: str) -> list[tuple[str, nn.Module, torch.Tensor, list[Part], float]]:
@@ -197,9 +208,11 @@ def delta_weight(layer: nn.Module, name: str) -> torch.Tensor:
 def merged_weights(model: nn.Module, name: str = "default") -> dict[str, torch.Tensor]:
     """{base weight path: W + ΔW} for adapter `name`, computed on copies; the model is not modified."""
     state_of(model).require(name)
+    layers = lora_layers(model, name)
+    _refuse_dora(name, layers, "merged")
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        for path, m in lora_layers(model, name):
+        for path, m in layers:
             w = m.base_layer.weight.detach().clone()
             apply_delta(w.view(w.shape[0], -1), m.delta_parts(name), m.scaling[name])
             out[f"{path}.weight"] = w
@@ -221,6 +234,7 @@ def combine(
         state.require(n)
         if state.configs[n].modules_to_save:
             raise AdapterError(f"adapter {n!r} trains full module copies, which have no ΔW to combine")
+        _refuse_dora(n, lora_layers(model, n), "combined")
     if rank is not None and rank <= 0:
         raise AdapterError(f"rank must be positive (got {rank})")
     layers = [(p, m) for p, m in wrappers(model) if any(n in getattr(m, "lora_A", {}) for n in weights)]

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from torch import nn
 
 from lorakit.core.config import LoraConfig
 from lorakit.core.errors import ConfigError
 from lorakit.methods import adapters, baselines, prefix, variants
-from lorakit.methods.options import DEFAULT, MethodOptions
-from lorakit.train.methods import Export, Method
+from lorakit.train.config import MethodOptions, RunConfig
+from lorakit.train.methods import Method
 
-if TYPE_CHECKING:
-    from lorakit.train.config import RunConfig
-
-OptionedMethod = Callable[[nn.Module, "RunConfig", MethodOptions], Export]
-
-ALL: dict[str, OptionedMethod] = {
+ALL: dict[str, Method] = {
     "full": baselines.full,
     "ft-top2": baselines.ft_top2,
     "bitfit": baselines.bitfit,
@@ -35,16 +27,10 @@ ALL: dict[str, OptionedMethod] = {
     "pissa": variants.pissa,
     "lora+prefix": variants.lora_prefix,
 }
-"""Method name -> function(model, run_config, options) that prepares the model and returns its Export."""
+"""Method name -> function(model, run_config) that prepares the model and returns its Export."""
 
 LORA_FAMILY = ("lora", "rslora", "dora", "pissa", "lora+prefix")
-"""Methods whose size is LoraConfig.rank (the others size by MethodOptions)."""
-
-
-def method(name: str, options: MethodOptions = DEFAULT) -> Method:
-    """The train-loop Method for `name` with `options`; unknown names are refused with the known ones listed."""
-    check_names([name])
-    return functools.partial(ALL[name], options=options)
+"""Methods whose size is LoraConfig.rank (the others size by run_config.method_options)."""
 
 
 def check_names(names: list[str]) -> None:
@@ -58,12 +44,11 @@ def check_names(names: list[str]) -> None:
 def load_method(model: nn.Module, directory: str | Path) -> dict:
     """Rebuild a saved method's modules on `model` (a fresh base) and load its trained tensors; returns its info.
 
-    LoRA-family directories load through core's PEFT reader; prompt methods read PEFT PROMPT_TUNING files.
-    Afterwards nothing trains.
+    LoRA-family directories load through core's PEFT reader (DoRA through variants.load_dora); prompt methods
+    read PEFT PROMPT_TUNING files. Afterwards nothing trains.
     """
     from lorakit.core.io import load_adapter
     from lorakit.methods.files import load_tensors, read_method, read_prompt
-    from lorakit.train.config import RunConfig
 
     d = Path(directory)
     info, tensors = read_method(d)
@@ -71,8 +56,9 @@ def load_method(model: nn.Module, directory: str | Path) -> dict:
     check_names([name])
     if name == "full":
         raise ConfigError(f"{d} is a full fine-tune; load it with lorakit.models.load (it is a model directory)")
-    options = MethodOptions(**info.get("options", {}))
-    if name in ("lora", "rslora", "pissa", "lora+prefix"):
+    if name == "dora":
+        variants.load_dora(model, d)
+    elif name in ("lora", "rslora", "pissa", "lora+prefix"):
         load_adapter(model, d)
         if name == "lora+prefix":
             prompt = read_prompt(d / "prompt")
@@ -80,8 +66,9 @@ def load_method(model: nn.Module, directory: str | Path) -> dict:
     elif name in ("prefix-embed", "prompt-tuning"):
         prefix.insert_prefix(model, read_prompt(d)[None])
     else:
-        config = RunConfig(method="full", lora=LoraConfig.from_dict(info.get("lora", {})))
-        ALL[name](model, config, options)
+        config = RunConfig(method="full", lora=LoraConfig.from_dict(info.get("lora", {})),
+                           method_options=MethodOptions(**info.get("options", {})))
+        ALL[name](model, config)
     load_tensors(model, tensors, d)
     model.requires_grad_(False)
     return info

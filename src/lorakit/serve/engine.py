@@ -284,7 +284,8 @@ class Engine:
         if self.merged is not None or state is None or not state.names:
             with torch.inference_mode():
                 return self.model(ids, **kwargs).logits[:, -1]
-        with lorakit.adapter_rows(self.model, [s.key for s in rows]), torch.inference_mode():
+        # The pool replaces tensors on (re)load and nothing edits them in place: skip the per-step weight scan.
+        with lorakit.adapter_rows(self.model, [s.key for s in rows], check_weights=False), torch.inference_mode():
             return self.model(ids, **kwargs).logits[:, -1]
 
     def _emit(self, rows: list[Request], logits: torch.Tensor) -> None:

@@ -166,16 +166,35 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class MethodOptions:
+    """Sizes of the non-LoRA methods (LoRA's rank lives in the lora section)."""
+
+    bottleneck: int = 16
+    """r of adapter-h and adapter-l: each adapter maps d -> r -> d (Houlsby et al., 2019)."""
+    prefix_length: int = 16
+    """l_p of prefix-embed, prefix-layer, prompt-tuning and lora+prefix: trainable positions prepended to every
+    input (Li & Liang, 2021)."""
+
+    def __post_init__(self) -> None:
+        _raise_if(self, [f"{f.name} must be a positive integer (got {getattr(self, f.name)!r})"
+                         for f in dataclasses.fields(self) if not _matches(getattr(self, f.name), int)
+                         or getattr(self, f.name) < 1])
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything `lorakit train` needs; saved resolved as run_dir/config.yaml."""
 
     method: str = "lora"
-    """How the model is adapted: lora, or full (every weight trains; saved as a full model directory)."""
+    """How the model is adapted: lora, full (every weight trains; saved as a full model directory), or a baseline
+    or LoRA variant (ft-top2, bitfit, adapter-h, adapter-l, prefix-embed, prefix-layer, prompt-tuning, rslora, dora,
+    pissa, lora+prefix)."""
     run_dir: str = "runs/default"
     """Where metrics, checkpoints, the best and final weights and the resolved config go."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    method_options: MethodOptions = field(default_factory=MethodOptions)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -189,11 +208,13 @@ class RunConfig:
             "model": _plain(dataclasses.asdict(self.model)),
             "data": _plain(dataclasses.asdict(self.data)),
             "lora": self.lora.to_dict(),
+            "method_options": dataclasses.asdict(self.method_options),
             "train": _plain(dataclasses.asdict(self.train)),
         }
 
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "lora": LoraConfig, "train": TrainConfig}
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "lora": LoraConfig,
+                             "method_options": MethodOptions, "train": TrainConfig}
 """RunConfig's nested sections, by key."""
 
 

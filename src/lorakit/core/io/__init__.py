@@ -1,5 +1,12 @@
 """Adapter files: PEFT's format on disk (io/peft.py knows its keys), written atomically, never unpickled."""
 
-from lorakit.core.io.files import atomic_write, fingerprint, load_adapter, read_adapter, save_adapter
+from lorakit.core.io.files import (
+    atomic_write,
+    fingerprint,
+    load_adapter,
+    load_dora_adapter,
+    read_adapter,
+    save_adapter,
+)
 
-__all__ = ["atomic_write", "fingerprint", "load_adapter", "read_adapter", "save_adapter"]
+__all__ = ["atomic_write", "fingerprint", "load_adapter", "load_dora_adapter", "read_adapter", "save_adapter"]

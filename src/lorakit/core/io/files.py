@@ -4,6 +4,8 @@ With io/peft.py, this is the only code that knows PEFT's file format.
 
 Our spellings (rank, alpha, dropout, targets) map to PEFT's (r, lora_alpha, lora_dropout, target_modules) here and
 nowhere else. lorakit's extra facts (fused slices, base fingerprint, our config) go in lorakit.json beside them.
+An adapter with DoRA magnitudes (layers.MAGNITUDE) is saved as PEFT's DoRA (use_dora) and loads through
+load_dora_adapter; load_adapter takes plain LoRA only.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from lorakit.core.errors import AdapterFileError
 from lorakit.core.inject import inject_factors, set_trainable, state_of, wrappers
 from lorakit.core.io import peft as peft_keys
 from lorakit.core.io.peft import CONFIG_FILE, WEIGHTS_FILE
+from lorakit.core.layers import MAGNITUDE
 from lorakit.core.layers_extra import SavedModule
 
 LORAKIT_FILE = "lorakit.json"
@@ -54,7 +57,11 @@ def fingerprint(model: nn.Module) -> dict:
 
 
 def save_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "default") -> Path:
-    """Write adapter `name` as a PEFT LoRA directory (loadable by peft.PeftModel.from_pretrained); atomic per file."""
+    """Write adapter `name` as a PEFT LoRA directory (loadable by peft.PeftModel.from_pretrained); atomic per file.
+
+    A DoRA adapter (magnitudes m on its layers) is written as PEFT's DoRA: use_dora plus each module's
+    `lora_magnitude_vector`.
+    """
     state = state_of(model)
     state.require(name)
     config = state.configs[name]
@@ -76,12 +83,18 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "de
         a, b = peft_keys.export_factors(m, name)
         for key, t in peft_keys.lora_keys(path, m, a, b).items():
             tensors[PREFIX + key] = t
+        if name in getattr(m, MAGNITUDE, ()):
+            tensors[PREFIX + path + peft_keys.MAGNITUDE_SUFFIX] = getattr(m, MAGNITUDE)[name]
         r = a.shape[0]
         ranks[path] = r
         alphas[path] = m.scaling[name] * (math.sqrt(r) if config.rslora else r)
         fan_in_fan_out |= bool(getattr(m, "transposed", False))
         if getattr(m, "slices", None):
             slices[path] = list(m.slices)
+    dora = sum(k.endswith(peft_keys.MAGNITUDE_SUFFIX) for k in tensors)
+    if dora not in (0, len(ranks)):
+        raise AdapterFileError(f"adapter {name!r} has DoRA magnitudes on {dora} of its {len(ranks)} layers; PEFT's "
+                               "DoRA format needs one on every layer or none")
     for pname, p in model.named_parameters():
         if peft_keys.is_trained_bias(pname, config.bias, ranks):
             tensors[PREFIX + pname] = p
@@ -104,7 +117,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "de
         "alpha_pattern": alpha_pattern,
         "layers_to_transform": None,
         "layers_pattern": None,
-        "use_dora": False,
+        "use_dora": dora > 0,
         "inference_mode": True,
         "revision": None,
     }
@@ -124,8 +137,9 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "de
     return out
 
 
-def read_adapter(directory: str | os.PathLike) -> tuple[dict, dict, dict[str, torch.Tensor]]:
-    """(PEFT config, lorakit metadata or {}, tensors) of an adapter directory, with clear errors for bad files."""
+def read_adapter(directory: str | os.PathLike, dora: bool = False) -> tuple[dict, dict, dict[str, torch.Tensor]]:
+    """(PEFT config, lorakit metadata or {}, tensors) of a LoRA (or, with `dora`, DoRA) adapter directory, with clear
+    errors for bad files."""
     d = Path(directory)
     if not d.is_dir():
         raise AdapterFileError(f"adapter directory {d} does not exist; pass the folder holding {CONFIG_FILE}")
@@ -145,7 +159,7 @@ def read_adapter(directory: str | os.PathLike) -> tuple[dict, dict, dict[str, to
         raise AdapterFileError(
             f"{wpath} is not a valid safetensors file (truncated or corrupted?): {e}. Re-save the adapter."
         ) from e
-    peft_keys.check_config(config, d / CONFIG_FILE)
+    peft_keys.check_config(config, d / CONFIG_FILE, dora)
     return config, meta, tensors
 
 
@@ -171,7 +185,22 @@ def load_adapter(
     Everything is checked (keys, shapes, base model) before the model is touched, so a refused load changes
     nothing. The first adapter on a model becomes active; with trainable=True this adapter's parameters train.
     """
-    config, meta, tensors = read_adapter(directory)
+    return _load(model, directory, name, trainable, dora=False)[0]
+
+
+def load_dora_adapter(
+    model: nn.Module, directory: str | os.PathLike, name: str | None = None
+) -> tuple[str, dict[str, torch.Tensor]]:
+    """Load a DoRA directory's LoRA factors like load_adapter; returns (name, {module path: magnitude m (out,)}).
+
+    The magnitudes are returned, not installed: DoRA's forward lives in lorakit.methods.variants (load_dora).
+    """
+    return _load(model, directory, name, False, dora=True)
+
+
+def _load(model: nn.Module, directory: str | os.PathLike, name: str | None, trainable: bool,
+          dora: bool) -> tuple[str, dict[str, torch.Tensor]]:
+    config, meta, tensors = read_adapter(directory, dora)
     state = getattr(model, "_lorakit", None)
     taken = set(state.configs) if state is not None else set()
     if name is None:
@@ -203,4 +232,4 @@ def load_adapter(
     elif fresh:
         for p in model.parameters():
             p.requires_grad_(False)
-    return name
+    return name, plan.magnitudes

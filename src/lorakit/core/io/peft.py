@@ -1,8 +1,8 @@
 """PEFT's key names and config fields, both ways (with io/files.py, the only code that knows PEFT's format).
 
-LoRA adapters (peft_type LORA) and the prompt-learning adapters of the prefix methods: PROMPT_TUNING (embeddings
-prepended to the input) and PREFIX_TUNING (a key/value prefix at every layer), both a single `prompt_embeddings`
-tensor.
+LoRA adapters (peft_type LORA), DoRA among them (use_dora: one more `<module>.lora_magnitude_vector` (out,) per
+module), and the prompt-learning adapters of the prefix methods: PROMPT_TUNING (embeddings prepended to the input)
+and PREFIX_TUNING (a key/value prefix at every layer), both a single `prompt_embeddings` tensor.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ PROMPT_KEY = "prompt_embeddings"
 # PEFT's prompt-learning models hold the transformers model directly as `base_model` (no LoraModel in between).
 PROMPT_HEAD_PREFIX = "base_model."
 LORA_KEY = re.compile(r"(.+)\.(lora_A|lora_B)\.weight|(.+)\.(lora_embedding_A|lora_embedding_B)")
+MAGNITUDE_SUFFIX = ".lora_magnitude_vector"  # DoRA's m (out,) of a module; PEFT's own key adds ".default.weight"
 # Keys PEFT (0.x up to 0.21) writes in a LoRA adapter_config.json. Anything else is refused as unknown.
 KNOWN_KEYS = {
     "peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping", "r",
@@ -43,23 +44,31 @@ KNOWN_KEYS = {
     "lora_ga_config", "kasa_config", "monteclora_config", "velora_config", "use_bdlora", "peft_version",
     "enable_lora",
 }
-# Features that change the math; loading such a file as plain LoRA would give wrong outputs.
+# Features that change the math; loading such a file as plain LoRA would give wrong outputs. (DoRA loads through
+# lorakit.methods.load_dora.)
 UNSUPPORTED = {
-    "use_dora": "DoRA", "use_qalora": "QALoRA", "use_bdlora": "BD-LoRA", "lora_bias": "LoRA bias terms",
+    "use_qalora": "QALoRA", "use_bdlora": "BD-LoRA", "lora_bias": "LoRA bias terms",
     "layer_replication": "layer replication", "target_parameters": "parameter targeting",
     "trainable_token_indices": "trainable tokens", "alora_invocation_tokens": "aLoRA", "arrow_config": "Arrow",
     "kasa_config": "KaSA", "monteclora_config": "MonteCLoRA", "velora_config": "VeLoRA",
 }
 
 
-def check_config(config: dict, path: Path) -> None:
-    """Refuse configs that are not plain LoRA, name unknown keys, or carry wrong types; list every problem."""
+def check_config(config: dict, path: Path, dora: bool = False) -> None:
+    """Refuse configs that are not plain LoRA (or, with `dora`, not DoRA), name unknown keys, or carry wrong types;
+    list every problem."""
     problems: list[str] = []
     if config.get("peft_type") != "LORA":
         problems.append(f"peft_type is {config.get('peft_type')!r}; lorakit loads LoRA adapters (peft_type 'LORA')")
     unknown = sorted(set(config) - KNOWN_KEYS)
     if unknown:
         problems.append(f"unknown keys {unknown} (written by a newer PEFT, or not a LoRA config)")
+    if dora and config.get("use_dora") is not True:
+        problems.append(f"use_dora is {config.get('use_dora')!r}, so this is not a DoRA adapter; load it with "
+                        "lorakit.load_adapter")
+    elif not dora and config.get("use_dora") not in (None, False):
+        problems.append(f"use_dora={config['use_dora']!r}: DoRA is not supported by load_adapter, serving or "
+                        "merging (plain LoRA only); load it with lorakit.methods.load_dora, which runs it unmerged")
     for key, what in UNSUPPORTED.items():
         if config.get(key) not in (None, False, [], {}, ""):
             problems.append(f"{key}={config[key]!r}: {what} is not supported by lorakit")
@@ -139,6 +148,7 @@ class LoadPlan:
     saved: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     biases: dict[str, torch.Tensor] = field(default_factory=dict)
     slices: dict[str, list[bool]] = field(default_factory=dict)
+    magnitudes: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def plain_name(name: str) -> str:
@@ -161,12 +171,15 @@ def plan_load(model: nn.Module, config: dict, meta: dict, tensors: dict, fp: dic
     params = {} if plain else {plain_name(n): p for n, p in model.named_parameters()}
     plan, problems = LoadPlan(), []
     lora: dict[str, dict[str, torch.Tensor]] = {}
+    magnitudes: dict[str, torch.Tensor] = {}
     saved_names = config.get("modules_to_save") or []
     for k, t in zip(keys, tensors.values(), strict=True):
         hit = LORA_KEY.fullmatch(k)
         if hit:
             path, part = (hit.group(1), hit.group(2)) if hit.group(1) else (hit.group(3), hit.group(4))
             lora.setdefault(path, {})[part[-1]] = t
+        elif config.get("use_dora") and k.endswith(MAGNITUDE_SUFFIX):
+            magnitudes[k[: -len(MAGNITUDE_SUFFIX)]] = t
         elif saved_names and _owner(k.replace(".modules_to_save", ""), saved_names, modules):
             _plan_saved(k.replace(".modules_to_save", ""), t, saved_names, modules, plan, problems)
         elif re.search(r"\.lora_(magnitude_vector|E|[a-z_]+)\b", k):
@@ -201,6 +214,13 @@ def plan_load(model: nn.Module, config: dict, meta: dict, tensors: dict, fp: dic
         if problem:
             problems.append(problem)
             continue
+        if config.get("use_dora"):
+            magnitude = magnitudes.pop(path, None)
+            problem = _magnitude_problem(path, base, magnitude)
+            if problem:
+                problems.append(problem)
+                continue
+            plan.magnitudes[path] = magnitude
         rank = ab["A"].shape[0]
         alpha = pattern_value(alpha_pattern, path, config.get("lora_alpha"))
         scale = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
@@ -212,6 +232,8 @@ def plan_load(model: nn.Module, config: dict, meta: dict, tensors: dict, fp: dic
                 continue
             plan.slices[path] = slices[path]
         plan.modules[path] = (ab["A"], b, scale)
+    problems += [f"{path}{MAGNITUDE_SUFFIX}: a DoRA magnitude without lora_A/lora_B; the file is incomplete"
+                 for path in sorted(magnitudes)]
     for path, sd in plan.saved.items():
         module = modules[path]
         want = (module.original_module if isinstance(module, SavedModule) else module).state_dict()
@@ -248,6 +270,19 @@ def _shape_problem(path: str, base: nn.Module, a: torch.Tensor, b: torch.Tensor)
     if tuple(a.shape) != want_a or tuple(b.shape) != want_b:
         return (f"{path}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not fit the {kind} weight "
                 f"{tuple(w)} (expected {want_a} / {want_b}); the adapter was made for another model shape")
+    return None
+
+
+def _magnitude_problem(path: str, base: nn.Module, magnitude: torch.Tensor | None) -> str | None:
+    kind = kind_of(base)
+    if kind not in ("Linear", "Conv1D"):
+        what = kind or type(base).__name__
+        return f"{path}: DoRA on {what} layers is not supported by lorakit (Linear and Conv1D only)"
+    if magnitude is None:
+        return f"{path}: has no lora_magnitude_vector although use_dora is true; the DoRA file is incomplete"
+    out = base.weight.shape[1 if kind == "Conv1D" else 0]
+    if tuple(magnitude.shape) != (out,):
+        return f"{path}: lora_magnitude_vector {tuple(magnitude.shape)} does not fit {out} outputs (expected ({out},))"
     return None
 
 
