@@ -22,7 +22,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Options that pick the weights: a run directory, or a model plus an optional adapter."""
     p.add_argument("--run", help="a lorakit train run_dir: model, task and data come from its config.yaml")
     p.add_argument("--model", help="built-in model name or transformers directory (a full fine-tune's model/)")
-    p.add_argument("--adapter", help="LoRA adapter directory (PEFT format) to load on --model")
+    p.add_argument("--adapter", help="adapter directory to load on --model: LoRA (PEFT format) or any lorakit "
+                                     "method's (a run's final/adapter, holding lorakit_method.json)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
                    help="weights' dtype for scoring (default fp32; bf16 is ~1.7x faster where the hardware has "

@@ -80,15 +80,15 @@ def load_trained(
     model: str, adapter: str | Path | None, kind: str, num_labels: int | None, device: str = "auto",
     precision: str = "fp32",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A base model (built-in name or directory, e.g. a full fine-tune's) with an optional adapter merged in, in
-    eval mode on `device`.
+    """A base model (built-in name or directory, e.g. a full fine-tune's) with an optional adapter on it, in eval
+    mode on `device`.
 
-    The adapter is merged (exact to fp32 rounding) so scoring runs at the base model's speed. precision "bf16"
-    then casts every weight to bfloat16, about 1.7x faster on hardware with native bf16 and slightly different
-    in the last bits; "auto" picks bf16 where it is native (see lorakit.train.loop.native_bf16), else fp32.
+    `adapter` is a LoRA directory (PEFT format) or a lorakit method's (lorakit_method.json: adapters, prefixes,
+    BitFit, DoRA, ...; see load_weights). LoRA is merged (exact to fp32 rounding) so scoring runs at the base
+    model's speed. precision "bf16" then casts every weight, the method's included, to bfloat16, about 1.7x faster
+    on hardware with native bf16 and slightly different in the last bits; "auto" picks bf16 where it is native
+    (see lorakit.train.loop.native_bf16), else fp32.
     """
-    from lorakit.core.io import load_adapter
-    from lorakit.core.merge import merge
     from lorakit.models import load, resolve_device
     from lorakit.train.loop import native_bf16
 
@@ -96,12 +96,34 @@ def load_trained(
         raise ConfigError(f"precision must be fp32, bf16 or auto, got {precision!r}")
     base, tokenizer = load(model, kind=kind, num_labels=num_labels)
     if adapter is not None:
-        merge(base, load_adapter(base, adapter))
+        load_weights(base, adapter)
     where = resolve_device(device)
     base = base.to(where)
     if precision == "bf16" or (precision == "auto" and native_bf16(where)):
         base = base.to(torch.bfloat16)
     return base.eval(), tokenizer
+
+
+MERGEABLE = ("lora", "rslora", "pissa", "lora+prefix")
+"""Methods whose trained update is a plain LoRA ΔW that core's merge folds into W (lora+prefix: its LoRA part).
+DoRA's update m ⊙ (W + ΔW)/‖W + ΔW‖ is not, and core's merge refuses it; adapters and prefixes add modules."""
+
+
+def load_weights(model: nn.Module, directory: str | Path) -> None:
+    """Put a trained adapter directory onto `model` (a fresh base) in place: a lorakit method's through
+    lorakit.methods.load_method, merging the LoRA family's ΔW where merge is defined (MERGEABLE); any other
+    directory as a PEFT LoRA adapter, merged."""
+    from lorakit.core.inject import state_of
+    from lorakit.core.io import load_adapter
+    from lorakit.core.merge import merge
+    from lorakit.methods import load_method
+    from lorakit.methods.files import METHOD_FILE
+
+    if (Path(directory) / METHOD_FILE).is_file():
+        if load_method(model, directory)["method"] in MERGEABLE:
+            merge(model, state_of(model).active)
+    else:
+        merge(model, load_adapter(model, directory))
 
 
 def format_table(metrics: dict[str, float | None]) -> str:
