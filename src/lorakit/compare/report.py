@@ -64,9 +64,13 @@ def write_report(config: CompareConfig, runs: Sequence[dict[str, Any]], cells: S
                       + (f" ({config.glue_task})" if config.glue_task else ""))
     page.text(f"Budget: {config.steps} steps of batch {config.batch_size} (max length {config.max_length}), "
               f"{config.seeds} seed(s), dev evaluation every {config.evaluation_interval} steps on "
-              f"{config.dev_limit or 'all'} dev examples; LoRA rank {config.rank} (alpha {config.alpha}) on "
-              f"{', '.join(config.targets)}; adapter bottleneck {config.bottleneck}; prefix length "
-              f"{config.prefix_length}. Learning rates: "
+              f"{f'at most {config.dev_limit}' if config.dev_limit else 'all'} dev examples; LoRA rank {config.rank} "
+              f"(alpha {config.alpha}) on {', '.join(config.targets)}"
+              + (f"; adapter bottleneck {config.bottleneck}" if any(m.startswith("adapter") for m in config.methods)
+                 else "")
+              + (f"; prefix length {config.prefix_length}" if any("prefix" in m or m == "prompt-tuning"
+                                                                   for m in config.methods) else "")
+              + ". Learning rates: "
               + ", ".join(f"{k} {v['lr']:g}" for k, v in table.items()) + ".")
     metric_names = sorted({k for v in table.values() for k in v["metrics"]}, key=lambda k: (k != "dev_loss", k))
     page.heading("Quality (Table 3 style; mean ± std over seeds)")
