@@ -7,12 +7,11 @@ not depend on how the batch was split (1 process x 2 micro-batches == 2 processe
 
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +19,6 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lorakit.core.errors import ConfigError, LoraError
 from lorakit.data import IGNORE_INDEX, Example, collate, model_inputs
@@ -151,8 +149,7 @@ def fit(
                 loss_sum = torch.zeros((), device=where.device)
                 for k, batch in enumerate(batches):
                     batch = {key: t.to(where.device) for key, t in batch.items()}
-                    with distributed.no_sync(train_model, last=k == len(batches) - 1), autocast(), \
-                            attention_kernel(where.device, batch["input_ids"].shape[1]):
+                    with distributed.no_sync(train_model, last=k == len(batches) - 1), autocast():
                         logits = train_model(**model_inputs(batch)).logits
                         micro_loss = cross_entropy_sum(logits, batch["labels"], config.label_smoothing)
                     # DDP averages gradients over processes; times world makes them the global mean's gradient.
@@ -267,18 +264,6 @@ def _autocast(precision: str, device: torch.device) -> Callable[[], Any]:
     """A factory of autocast contexts (bf16 per uses_bf16, else disabled)."""
     bf16 = uses_bf16(precision, device)
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
-def attention_kernel(device: torch.device, length: int) -> AbstractContextManager[Any]:
-    """The scaled-dot-product attention kernel for a training forward of `length` tokens.
-
-    On CPU, PyTorch's flash-attention kernel has a slow backward for short sequences: a SmolLM2-135M LoRA step
-    took 14-15% less time with the plain math kernel at 8x80 and 8x128 tokens, and 22% more at 2x512 (measured
-    here, same process). So short CPU batches use the math kernel; everything else keeps PyTorch's choice.
-    """
-    if device.type == "cpu" and length <= 128:
-        return sdpa_kernel([SDPBackend.MATH])
-    return contextlib.nullcontext()
 
 
 def native_bf16(device: torch.device) -> bool:
