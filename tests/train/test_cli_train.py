@@ -30,6 +30,8 @@ def test_a_run_directory_holds_config_metrics_events_plot_checkpoints_and_weight
     assert run_cli(train_cli, args) == 0
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["train"]["lr"] == 5e-3 and saved["model"]["name"] == str(model_dir)
+    counts = json.loads((run / "params.json").read_text())
+    assert counts["method"] == "lora" and 0 < counts["trainable_params"] < counts["total_params"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4]
     assert [r["step"] for r in records if r["split"] == "dev"] == [2, 4]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -9,6 +11,7 @@ import torch
 import yaml
 
 from lorakit.core.errors import ConfigError
+from lorakit.core.params import count_parameters
 from lorakit.train import checkpoint, distributed, tasks
 from lorakit.train.config import RunConfig, config_from_dict
 from lorakit.train.loop import TrainResult, fit
@@ -18,6 +21,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 CONFIG_FILE = "config.yaml"
+PARAMS_FILE = "params.json"
+"""The method's trainable and total parameter counts, written when the run starts."""
 
 
 def train(config: RunConfig, resume: bool = False, progress: bool = True) -> TrainResult:
@@ -40,6 +45,12 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> Tra
     if where.is_main:
         run.mkdir(parents=True, exist_ok=True)
         (run / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        trainable, total = count_parameters(model)
+        counts = {"method": config.method, "trainable_params": trainable, "total_params": total}
+        (run / PARAMS_FILE).write_text(json.dumps(counts, indent=2) + "\n")
+        if progress:
+            print(f"{config.method}: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)",
+                  file=sys.stderr)
     return fit(
         model, train_examples, config.train, dev_examples, run, pad_id=pad_id, export=export,
         evaluate=tasks.metric_hook(config.data, dev_examples, pad_id), resume=resume, progress=progress,
