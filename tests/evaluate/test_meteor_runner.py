@@ -4,6 +4,7 @@ The jar's stdio protocol is exercised here against a stand-in `java` that answer
 how lorakit talks to the jar, not METEOR itself.
 """
 
+import importlib.util
 import json
 import stat
 import sys
@@ -51,11 +52,24 @@ def test_without_java_meteor_is_skipped_with_a_reason(tmp_path: Path, monkeypatc
 def test_without_a_jar_e2e_metrics_reports_none_and_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_java(tmp_path, monkeypatch, STAND_IN)
     monkeypatch.delenv(METEOR_JAR_ENV, raising=False)
-    with pytest.warns(UserWarning, match="METEOR skipped: meteor-1.5.jar was not given"):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # no pycocoevalcap either
+    with pytest.warns(UserWarning, match="METEOR skipped: meteor-1.5.jar was not found; `pip install pycocoevalcap`"):
         scores = e2e_metrics(["the pub is cheap"], [["the pub is cheap"]])
     assert scores["METEOR"] is None
     with pytest.raises(MetricError, match="METEOR skipped"):
         meteor(["a"], [["a"]])
+
+
+def test_the_jar_inside_an_installed_pycocoevalcap_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_java(tmp_path, monkeypatch, STAND_IN)
+    monkeypatch.delenv(METEOR_JAR_ENV, raising=False)
+    package = tmp_path / "site" / "pycocoevalcap"
+    (package / "meteor").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "meteor" / "meteor-1.5.jar").write_bytes(b"")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert meteor_unavailable() is None
+    assert meteor(["The pub, cheap."], [["the pub is cheap"]]) == pytest.approx(0.4321)
 
 
 def test_a_missing_jar_path_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ reimplement it: with Java on PATH and the jar available it runs the jar, otherwi
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -30,8 +31,9 @@ def meteor_unavailable(jar: str | Path | None = None) -> str | None:
         return "METEOR skipped: Java is not on PATH; install a Java runtime (11 or later) to compute it."
     path = _jar(jar)
     if path is None:
-        return (f"METEOR skipped: meteor-1.5.jar was not given; pass meteor_jar= or set {METEOR_JAR_ENV} to "
-                "the jar from the METEOR 1.5 release (keep its data/ folder next to it).")
+        return (f"METEOR skipped: meteor-1.5.jar was not found; `pip install pycocoevalcap` (it bundles the jar), "
+                f"or pass meteor_jar= or set {METEOR_JAR_ENV} to the jar from the METEOR 1.5 release (keep its "
+                "data/ folder next to it).")
     if not path.is_file():
         return f"METEOR skipped: {path} does not exist; point {METEOR_JAR_ENV} at meteor-1.5.jar."
     return None
@@ -71,8 +73,17 @@ def meteor(
 
 
 def _jar(jar: str | Path | None) -> Path | None:
+    """The jar passed, else $LORAKIT_METEOR_JAR, else the copy inside an installed pycocoevalcap (which bundles
+    meteor-1.5.jar with its data/ folder), else None."""
     found = jar if jar is not None else os.environ.get(METEOR_JAR_ENV)
-    return Path(found).expanduser().resolve() if found else None
+    if found:
+        return Path(found).expanduser().resolve()
+    spec = importlib.util.find_spec("pycocoevalcap")
+    for root in (spec.submodule_search_locations or []) if spec is not None else []:
+        bundled = Path(root) / "meteor" / "meteor-1.5.jar"
+        if bundled.is_file():
+            return bundled.resolve()
+    return None
 
 
 def _ask(process: subprocess.Popen[str], line: str, errors: IO[bytes]) -> str:
