@@ -11,7 +11,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from lorakit.cli import eval as eval_cli
 from lorakit.cli import generate as generate_cli
-from lorakit.data import Example
+from lorakit.data import DataError, Example
 from lorakit.evaluate.run import classify, glue_scores
 
 FAST = ["--beams", "2", "--max-new-tokens", "4", "--device", "cpu"]
@@ -48,6 +48,27 @@ def test_eval_with_references_scores_each_mr_against_all_its_references(tmp_path
     assert saved["count"] == 3 and set(saved["metrics"]) == {"BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"}
     assert len((tmp_path / "eval" / "predictions.txt").read_text().splitlines()) == 2
     assert "BLEU" in capsys.readouterr().out
+
+
+def test_saved_predictions_score_as_when_generated_and_a_wrong_count_is_refused(tmp_path, model_dir) -> None:
+    rows = [("name the fox", "the fox is a pub"), ("name the fox", "a pub is the fox"), ("name a pub", "a pub")]
+    (tmp_path / "devset.csv").write_text("mr,ref\n" + "".join(f'"{m}","{r}"\n' for m, r in rows))
+    common = ["--model", str(model_dir), "--task", "e2e", "--data", str(tmp_path / "devset.csv"), *FAST]
+    with pytest.warns(UserWarning):
+        assert run_cli(eval_cli, [*common, "--out", str(tmp_path / "generated")]) == 0
+        assert run_cli(eval_cli, [*common, "--out", str(tmp_path / "scored"),
+                                  "--predictions-in", str(tmp_path / "generated" / "predictions.txt")]) == 0
+    generated, scored = (json.loads((tmp_path / d / "metrics.json").read_text())["metrics"]
+                         for d in ("generated", "scored"))
+    assert scored == generated
+    (tmp_path / "perfect.txt").write_text("the fox is a pub\na pub\n")
+    with pytest.warns(UserWarning):
+        assert run_cli(eval_cli, [*common, "--out", str(tmp_path / "perfect"),
+                                  "--predictions-in", str(tmp_path / "perfect.txt")]) == 0
+    assert json.loads((tmp_path / "perfect" / "metrics.json").read_text())["metrics"]["BLEU"] == pytest.approx(100)
+    (tmp_path / "short.txt").write_text("a pub\n")
+    with pytest.raises(DataError, match="got 1 predictions for 2 distinct inputs"):
+        run_cli(eval_cli, [*common, "--predictions-in", str(tmp_path / "short.txt")])
 
 
 def test_generate_prints_one_line_per_prompt(tmp_path, model_dir, capsys) -> None:

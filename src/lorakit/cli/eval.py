@@ -55,6 +55,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="directory for metrics.json and predictions.txt (default: RUN/eval-SPLIT, or "
                                  "./eval-TASK-SPLIT)")
     p.add_argument("--predictions-out", help="also write the generated texts, one per input line, to this file")
+    p.add_argument("--predictions-in", help="score this file of texts (one line per distinct input, in data order, "
+                                            "as predictions.txt) instead of generating; e.g. to add METEOR later")
     add_decode_arguments(p)
 
 
@@ -113,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         format_table,
         glue_scores,
         load_trained,
+        score_predictions,
         write_lines,
         write_metrics,
     )
@@ -136,9 +139,13 @@ def run(args: argparse.Namespace) -> int:
         reader = {"e2e": lambda: read_e2e(target.data, split), "instruct": lambda: read_instruct(target.data),
                   "jsonl": lambda: read_jsonl(target.data)}[target.task]
         records = reader()[: args.limit]
-        model, tokenizer = load_trained(target.model, target.adapter, "causal-lm", None, args.device,
-                                       args.precision)
-        result = evaluate_generation(model, tokenizer, records, decode_config(args), chat=target.task == "instruct")
+        if args.predictions_in:
+            result = score_predictions(records, Path(args.predictions_in).read_text(encoding="utf-8").splitlines())
+        else:
+            model, tokenizer = load_trained(target.model, target.adapter, "causal-lm", None, args.device,
+                                           args.precision)
+            result = evaluate_generation(model, tokenizer, records, decode_config(args),
+                                         chat=target.task == "instruct")
         write_lines(out / "predictions.txt", result.predictions)
         if args.predictions_out:
             write_lines(args.predictions_out, result.predictions)

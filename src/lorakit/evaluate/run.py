@@ -71,8 +71,20 @@ def evaluate_generation(
     inputs = [prompt_of[group] for group, _ in groups]
     ids = prompt_ids(inputs, tokenizer, decode.max_prompt_length, chat=chat)
     predictions = generate(model, tokenizer, ids, decode, progress=progress)
+    return score_predictions(pairs, predictions)
+
+
+def score_predictions(pairs: Sequence[TextPair], predictions: Sequence[str]) -> GenerationResult:
+    """Score texts already generated, one per unique input of `pairs` in first-seen order (the order eval writes
+    predictions.txt in), with the five E2E metrics; a count mismatch is an error naming both counts."""
+    from lorakit.data import DataError
+
+    groups = group_references(pairs)
+    if len(predictions) != len(groups):
+        raise DataError(f"got {len(predictions)} predictions for {len(groups)} distinct inputs; give one line per "
+                        "distinct input, in the data's order (as lorakit eval writes predictions.txt)")
     references = [refs for _, refs in groups]
-    metrics = e2e_metrics(predictions, references) if any(references) else None
+    metrics = e2e_metrics(list(predictions), references) if any(references) else None
     return GenerationResult(tuple(g for g, _ in groups), tuple(predictions), metrics)
 
 
