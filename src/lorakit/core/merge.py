@@ -134,11 +134,16 @@ def _apply_all(todo: list, sign: float, bound: float) -> None:
     than one on SmolLM2-135M's q,v weights here, out of cache. Each layer is touched by exactly one thread.
     """
     global _POOL
+
+    def run(share: list) -> None:
+        with torch.no_grad():  # grad mode is per thread
+            for _, m, w2, parts, scale in share:
+                _apply_tracked(m, w2, parts, sign * scale, bound)
+
     workers = min(torch.get_num_threads(), len(todo))
     cpu = all(e[2].device.type == "cpu" for e in todo)
     if workers < 2 or not cpu or sum(e[2].numel() for e in todo) < (1 << 20):
-        for _, m, w2, parts, scale in todo:
-            _apply_tracked(m, w2, parts, sign * scale, bound)
+        run(todo)
         return
     if _POOL is None or _POOL._max_workers < workers:
         _POOL = ThreadPoolExecutor(workers, thread_name_prefix="lorakit-merge")
@@ -148,12 +153,6 @@ def _apply_all(todo: list, sign: float, bound: float) -> None:
         k = loads.index(min(loads))
         shares[k].append(e)
         loads[k] += e[2].numel()
-
-    def run(share: list) -> None:
-        with torch.no_grad():
-            for _, m, w2, parts, scale in share:
-                _apply_tracked(m, w2, parts, sign * scale, bound)
-
     for future in [_POOL.submit(run, share) for share in shares]:
         future.result()
 
