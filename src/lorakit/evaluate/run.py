@@ -13,7 +13,7 @@ from torch import nn
 
 from lorakit.core.errors import ConfigError
 from lorakit.core.io import atomic_write
-from lorakit.data import Example, TextPair, collate, group_references, model_inputs
+from lorakit.data import DataError, Example, TextPair, collate, group_references, model_inputs
 from lorakit.evaluate.decode import DecodeConfig, generate, prompt_ids
 from lorakit.evaluate.metrics import accuracy, e2e_metrics, f1, matthews_corrcoef
 
@@ -77,8 +77,6 @@ def evaluate_generation(
 def score_predictions(pairs: Sequence[TextPair], predictions: Sequence[str]) -> GenerationResult:
     """Score texts already generated, one per unique input of `pairs` in first-seen order (the order eval writes
     predictions.txt in), with the five E2E metrics; a count mismatch is an error naming both counts."""
-    from lorakit.data import DataError
-
     groups = group_references(pairs)
     if len(predictions) != len(groups):
         raise DataError(f"got {len(predictions)} predictions for {len(groups)} distinct inputs; give one line per "
@@ -99,10 +97,10 @@ def load_trained(
     BitFit, DoRA, ...; see load_weights). LoRA is merged (exact to fp32 rounding) so scoring runs at the base
     model's speed. precision "bf16" then casts every weight, the method's included, to bfloat16, about 1.7x faster
     on hardware with native bf16 and slightly different in the last bits; "auto" picks bf16 where it is native
-    (see lorakit.train.loop.native_bf16), else fp32.
+    (lorakit.train.loop.uses_bf16), else fp32.
     """
     from lorakit.models import load, resolve_device
-    from lorakit.train.loop import native_bf16
+    from lorakit.train.loop import uses_bf16
 
     if precision not in ("fp32", "bf16", "auto"):
         raise ConfigError(f"precision must be fp32, bf16 or auto, got {precision!r}")
@@ -111,7 +109,7 @@ def load_trained(
         load_weights(base, adapter)
     where = resolve_device(device)
     base = base.to(where)
-    if precision == "bf16" or (precision == "auto" and native_bf16(where)):
+    if uses_bf16(precision, where):
         base = base.to(torch.bfloat16)
     return base.eval(), tokenizer
 
