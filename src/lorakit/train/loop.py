@@ -149,9 +149,10 @@ def fit(
                 loss_sum = torch.zeros((), device=where.device)
                 for k, batch in enumerate(batches):
                     batch = {key: t.to(where.device) for key, t in batch.items()}
-                    with distributed.no_sync(train_model, last=k == len(batches) - 1), autocast():
+                    with (distributed.no_sync(train_model, last=k == len(batches) - 1), autocast(),
+                          scored_positions_only(model, batch["labels"]) as labels):
                         logits = train_model(**model_inputs(batch)).logits
-                        micro_loss = cross_entropy_sum(logits, batch["labels"], config.label_smoothing)
+                        micro_loss = cross_entropy_sum(logits, labels, config.label_smoothing)
                     # DDP averages gradients over processes; times world makes them the global mean's gradient.
                     (micro_loss * where.world / labels_total).backward()
                     loss_sum += micro_loss.detach()
@@ -202,12 +203,43 @@ def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor, label_smoothin
     """Summed cross-entropy over labels that are not IGNORE_INDEX, in float32.
 
     Token labels (B, T) are shifted so position t predicts token t+1: logits (B, T, V) vs labels (B, T).
-    Class labels (B,) score logits (B, C) directly.
+    Class labels (B,) score logits (B, C) directly, as do the (N,) labels of `scored_positions_only` its (N, V).
     """
     if labels.dim() == 2:
         logits, labels = logits[:, :-1], labels[:, 1:]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                            ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing, reduction="sum")
+
+
+@contextmanager
+def scored_positions_only(model: nn.Module, labels: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Within it, the model's output head projects only the positions whose next token is scored; yields the labels
+    to score its logits against.
+
+    With token labels (B, T), position t is scored when labels[:, t + 1] is not IGNORE_INDEX; a pre-hook on the output
+    embedding keeps those positions of its input (the last T, after any prefix positions a method prepends), so the
+    logits come out as (N, V) in row-major order and the yielded labels are the matching (N,). On E2E about half of
+    a batch is prompt and padding, whose vocabulary projection (49,152 x 576 on SmolLM2) and float32 log-softmax
+    would be computed and thrown away. The scored logits are the same rows the full projection gives. Class labels,
+    or a model without get_output_embeddings, pass through unchanged.
+    """
+    inner = getattr(model, "module", model)  # DDP wraps the model
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if labels.dim() != 2 or not isinstance(head, nn.Module):
+        yield labels
+        return
+    scored = labels[:, 1:] != IGNORE_INDEX
+    keep = torch.cat([scored, scored.new_zeros(labels.shape[0], 1)], dim=1)  # (B, T): position t predicts t + 1
+    length = labels.shape[1]
+
+    def select(module: nn.Module, args: tuple) -> tuple:
+        return (args[0][:, -length:][keep], *args[1:])
+
+    handle = head.register_forward_pre_hook(select)
+    try:
+        yield labels[:, 1:][scored]
+    finally:
+        handle.remove()
 
 
 def _label_count(labels: torch.Tensor) -> int:
@@ -228,8 +260,9 @@ def _dev_metrics(
         for start in range(0, len(mine), config.eval_batch_size):
             batch = collate([examples[i] for i in mine[start: start + config.eval_batch_size]], pad_id)
             batch = {k: t.to(where.device) for k, t in batch.items()}
-            logits = model(**model_inputs(batch)).logits
-            totals += torch.stack([cross_entropy_sum(logits, batch["labels"]),
+            with scored_positions_only(model, batch["labels"]) as labels:
+                logits = model(**model_inputs(batch)).logits
+            totals += torch.stack([cross_entropy_sum(logits, labels),
                                    torch.tensor(float(_label_count(batch["labels"])), device=where.device)])
         loss, count = distributed.sum_all(totals, where).tolist()
         metrics = {"dev_loss": loss / max(count, 1.0)}
