@@ -13,7 +13,10 @@ per request, 8 rank-8 q,v adapters with non-zero B. Measured:
                     core's mixed path multiplies by the stacked factors of the adapters present in the batch,
                     so an idle adapter should cost nothing and a present one only its own rank)
 
+  profile           (--profile ROWS) where one decode step's time goes, per op
+
     python bench/serve.py [--threads 1] [--soak-seconds 20] [--random] [--dtype bfloat16] [--engine-only]
+                          [--profile 8]
 """
 
 from __future__ import annotations
@@ -276,6 +279,44 @@ def bench_engine(model, tok, dirs: list[Path], rank64: list[Path], texts: list[s
     return out
 
 
+def profile_decode(model, tok, dirs: list[Path], texts: list[str], rows: int, steps: int = 8) -> dict:
+    """Where an engine decode step of `rows` rows over 8 adapters goes: median step time, then torch.profiler's
+    self time per op per step (top 8), and the weight bytes a step must read (every parameter, once)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from lorakit.serve.engine import Engine
+    from lorakit.serve.pool import AdapterPool
+    from lorakit.serve.sampling import SamplingParams
+
+    pool = AdapterPool(model)
+    for i, d in enumerate(dirs[:ADAPTERS]):
+        pool.add(f"a{i}", d, trusted=True)
+    engine = Engine(model, tok, pool)
+    params = SamplingParams(max_tokens=3 * steps, temperature=0, ignore_eos=True)
+    for i, text in enumerate(texts[:rows]):
+        engine.submit(tok.encode(text), f"a{i % ADAPTERS}", params, lambda e: None)
+    engine.step()  # admission and prefill
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        engine.step()
+        times.append(time.perf_counter() - t)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            engine.step()
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:8]
+    weight_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    step_ms = 1000 * statistics.median(times)
+    for name in pool.names():
+        pool.remove(name)
+    lorakit.unwrap(model)
+    return {"rows": rows, "median_step_ms": round(step_ms, 1),
+            "decode_tokens_per_s": round(rows / statistics.median(times), 1),
+            "weights_mb": round(weight_mb, 1),
+            "self_ms_per_step": {e.key: round(e.self_cpu_time_total / 1000 / steps, 2) for e in ops},
+            "profiled_ms_per_step": round(sum(e.self_cpu_time_total for e in prof.key_averages()) / 1000 / steps, 1)}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--random", action="store_true", help="random weights of smollm2-135m's shape")
@@ -286,6 +327,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the engine-alone measurements")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="for PEFT and lorakit alike")
     p.add_argument("--engine-only", action="store_true", help="only the engine-alone measurements (no PEFT, no HTTP)")
+    p.add_argument("--profile", type=int, metavar="ROWS", help="only profile the engine's decode step at ROWS rows")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = base_model(args.random, args.dtype)
@@ -294,6 +336,11 @@ def main() -> int:
                     "threads": args.threads, "new_tokens": args.new_tokens, "adapters": ADAPTERS}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        if args.profile:
+            dirs = make_adapters(model, root, ADAPTERS)
+            result["profile"] = profile_decode(model, tok, dirs, texts, args.profile)
+            print(json.dumps(result, indent=2))
+            return 0
         dirs = make_adapters(model, root, 64)
         rank64 = make_adapters(model, root, 1, rank=64, seed=100)
         if args.engine_only:
