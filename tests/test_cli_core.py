@@ -7,25 +7,18 @@ import sys
 
 import pytest
 import torch
-from tiny import randomize, tiny_llama
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from tiny import randomize, tiny_llama, tiny_tokenizer
+from transformers import AutoModelForCausalLM
 
 import lorakit
 from lorakit.cli import main
-
-WORDS = ["<unk>", "<s>", "</s>", "<pad>"] + [f"w{i}" for i in range(124)]
 
 
 @pytest.fixture
 def model_dir(tmp_path):
     model = tiny_llama()
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                  pad_token="<pad>")
     model.save_pretrained(tmp_path / "base")
-    tok.save_pretrained(tmp_path / "base")
+    tiny_tokenizer().save_pretrained(tmp_path / "base")
     return tmp_path / "base"
 
 

@@ -54,3 +54,16 @@ def randomize(model: torch.nn.Module, name: str = "default", seed: int = 1, std:
             if name in m.lora_A:
                 for p in (m.lora_A[name], m.lora_B[name]):
                     p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def tiny_tokenizer(vocab_size: int = 128):
+    """A word-level tokenizer over the tiny models' vocabulary (<unk> <s> </s> <pad> w0 w1 ...): what a model
+    directory needs beside the weights."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>", "<pad>"] + [f"w{i}" for i in range(vocab_size - 4)]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")

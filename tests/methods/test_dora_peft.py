@@ -1,5 +1,6 @@
 """DoRA in PEFT's file format: PEFT loads a lorakit dora run's adapter with the same logits, lorakit loads PEFT's
-DoRA adapters with the same logits, training with dropout computes what PEFT computes, and merging is refused."""
+DoRA adapters with the same logits, training with dropout computes what PEFT computes, and merging folds it into W
+as PEFT's merge_and_unload does."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import warnings
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny import randomize, tiny_gpt2, tiny_llama
+from tiny import randomize, tiny_gpt2, tiny_llama, tiny_tokenizer
 
 import lorakit
 from lorakit import AdapterFileError, ConfigError, LoraConfig, MergeError
@@ -137,17 +138,65 @@ def test_training_with_dropout_gives_peft_outputs_and_gradients(tmp_path, ids, m
         torch.testing.assert_close(grad, peft_grads[n], rtol=1e-4, atol=1e-6, msg=n)
 
 
-def test_merging_a_dora_adapter_is_refused_and_changes_nothing(ids):
-    _, model, _ = trained_dora("llama")
+@pytest.mark.parametrize("case", list(CASES))
+def test_merging_dora_gives_the_unmerged_logits_and_unmerge_restores_w(case, ids):
+    _, model, _ = trained_dora(case)
+    weights = {p: m.weight_2d().detach().clone() for p, m in wrappers(model)}
     with torch.no_grad():
         before = model(input_ids=ids).logits
-    for fold in (lorakit.merge, lorakit.merged_weights):
-        with pytest.raises(MergeError, match="is DoRA .* cannot be merged: lorakit's merge adds ΔW = s·B·A only"):
-            fold(model, "default")
+        folded = lorakit.merged_weights(model, "default")
+        lorakit.merge(model, "default")
+        lorakit.merge(model, "default")  # idempotent
+        merged = model(input_ids=ids).logits
+        for p, m in wrappers(model):
+            torch.testing.assert_close(m.base_layer.weight, folded[f"{p}.weight"], rtol=0, atol=0)
+        lorakit.unmerge(model)
+        again = model(input_ids=ids).logits
+    torch.testing.assert_close(merged, before, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again, before, rtol=1e-5, atol=1e-5)
+    for p, m in wrappers(model):
+        torch.testing.assert_close(m.weight_2d(), weights[p], rtol=0, atol=1e-6, msg=p)
+
+
+@pytest.mark.parametrize("case", ["llama", "gpt2-conv1d"])
+def test_our_merged_dora_weights_equal_peft_merge_and_unload(case, tmp_path):
+    make, model, export = trained_dora(case)
+    export.write(model, tmp_path)
+    theirs = peft_model(make, tmp_path).merge_and_unload()
+    lorakit.merge(model, "default")
+    lorakit.unwrap(model)
+    ours = dict(model.named_parameters())
+    for name, p in theirs.named_parameters():
+        torch.testing.assert_close(ours[name], p, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_dora_cannot_be_combined_or_merged_over_another_merged_adapter(ids):
+    _, model, _ = trained_dora("llama")
     with pytest.raises(MergeError, match="cannot be combined"):
         lorakit.combine(model, {"default": 1.0}, "sum")
+    lorakit.inject(model, LoraConfig(rank=2, alpha=2, targets=("q_proj",)), "other")
+    lorakit.merge(model, "other")
+    weights = {p: m.weight_2d().detach().clone() for p, m in wrappers(model)}
+    with pytest.raises(MergeError, match="already merged into .* would enter its norm"):
+        lorakit.merge(model, "default")
+    for p, m in wrappers(model):  # nothing changed, not even the layers before the refusing one
+        assert torch.equal(m.weight_2d(), weights[p]), p
+
+
+def test_lorakit_merge_writes_a_plain_model_from_a_dora_adapter(tmp_path, ids):
+    from lorakit.merged import merge_to_directory
+
+    make, model, export = trained_dora("llama")
+    export.write(model, tmp_path / "adapter")
+    base = make()
+    base.save_pretrained(tmp_path / "base")
+    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    out = merge_to_directory(str(tmp_path / "base"), tmp_path / "adapter", tmp_path / "merged", kind="causal-lm")
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(out)
     with torch.no_grad():
-        assert torch.equal(model(input_ids=ids).logits, before)
+        torch.testing.assert_close(plain(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_plain_lora_loading_refuses_dora_files_and_names_load_dora(tmp_path):

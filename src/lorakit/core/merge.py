@@ -32,7 +32,8 @@ def merged_names(model: nn.Module) -> list[str]:
 
 
 def merge(model: nn.Module, name: str = "default", safe: bool = True) -> nn.Module:
-    """Add adapter `name`'s ΔW into the base weights in place; idempotent.
+    """Add adapter `name`'s ΔW into the base weights in place; idempotent. A DoRA adapter's rows are then scaled by
+    m / ‖W + ΔW‖, as PEFT merges DoRA; unmerge undoes both.
 
     With safe=True nothing is written unless every merged weight is provably finite: the factors must be finite and
     max|W| + s·r·max|A|·max|B| (a bound on every entry of W + ΔW) must stay below the dtype's largest value;
@@ -41,13 +42,17 @@ def merge(model: nn.Module, name: str = "default", safe: bool = True) -> nn.Modu
     state = state_of(model)
     state.require(name)
     plan = _plan(model, name)
-    _refuse_dora(name, [(p, m) for p, m, _, _, _ in plan], "merged")
     todo = [e for e in plan if name not in e[1].merged]
+    factors = _dora_factors(todo, name, safe)
     bound = _bound(model, name) if safe or _tracking(todo) else math.inf
     if safe:
         _check_finite(todo, name, bound)
     with torch.no_grad():
         _apply_all(todo, 1.0, bound)
+        for (_, m, w2, _, _), factor in zip(todo, factors, strict=True):
+            if factor is not None:
+                _scale_outputs(m, w2, factor)
+                m.__dict__.setdefault("_dora_factors", {})[name] = factor  # unmerge divides by exactly this
     for _, m, _, _, _ in todo:
         m.merged.append(name)
     return model
@@ -59,6 +64,10 @@ def unmerge(model: nn.Module) -> nn.Module:
     with torch.no_grad():
         for name in reversed(names):
             todo = [e for e in _plan(model, name) if name in e[1].merged]
+            for _, m, w2, _, _ in todo:
+                factor = m.__dict__.get("_dora_factors", {}).pop(name, None)
+                if factor is not None:
+                    _scale_outputs(m, w2, factor, divide=True)
             bound = _bound(model, name) if _tracking(todo) else math.inf
             _apply_all(todo, -1.0, bound)
             for _, m, _, _, _ in todo:
@@ -71,8 +80,40 @@ def _refuse_dora(name: str, layers: list[tuple[str, nn.Module]], what: str) -> N
     dora = [path for path, m in layers if name in getattr(m, MAGNITUDE, ())]
     if dora:
         raise MergeError(f"adapter {name!r} is DoRA (a magnitude m on {dora[0]} and {len(dora) - 1} more layers) and "
-                         f"cannot be {what}: lorakit's merge adds ΔW = s·B·A only, which would drop m ⊙ 1/‖W + ΔW‖. "
-                         "Nothing was changed; run the DoRA adapter unmerged")
+                         f"cannot be {what}: its update m ⊙ (W + ΔW)/‖W + ΔW‖ is not a sum of ΔWs. "
+                         "Nothing was changed; merge it on its own (lorakit.merge) or run it unmerged")
+
+
+def _dora_factors(todo: list, name: str, safe: bool) -> list[torch.Tensor | None]:
+    """Per planned layer: DoRA's m / ‖W + ΔW‖ per output (None where adapter `name` has no magnitude there).
+
+    Merging DoRA is the one merge formula followed by scaling each output row by this factor, as PEFT merges it:
+    W' = m ⊙ (W + ΔW) / ‖W + ΔW‖. The norm must see W alone, so no other adapter may be merged into the layer.
+    """
+    factors: list[torch.Tensor | None] = []
+    for path, m, w2, _, _ in todo:
+        magnitudes = m._modules.get(MAGNITUDE)  # a dict lookup: merge runs this for every layer of every adapter
+        magnitude = magnitudes[name] if magnitudes is not None and name in magnitudes else None
+        if magnitude is None:
+            factors.append(None)
+            continue
+        if m.merged:
+            raise MergeError(f"cannot merge DoRA adapter {name!r}: {m.merged} already merged into {path} would enter "
+                             "its norm ‖W + ΔW‖. Nothing was changed; unmerge them first")
+        with torch.no_grad():
+            norm = (w2 + delta_weight(m, name)).norm(dim=0 if m.transposed else 1)
+            factor = magnitude.detach().to(norm.dtype) / norm
+        if safe and not torch.isfinite(factor).all():
+            raise MergeError(f"merging DoRA adapter {name!r} would divide by a zero norm ‖W + ΔW‖ in {path} (or its "
+                             "magnitude is not finite); nothing was merged")
+        factors.append(factor)
+    return factors
+
+
+def _scale_outputs(m: nn.Module, w2: torch.Tensor, factor: torch.Tensor, divide: bool = False) -> None:
+    """Multiply (or divide) each output row of the stored weight by factor (out,): columns for GPT-2's Conv1D."""
+    f = factor[None, :] if m.transposed else factor[:, None]
+    w2.div_(f) if divide else w2.mul_(f)
 
 
 def _plan(model: nn.Module, name: str) -> list[tuple[str, nn.Module, torch.Tensor, list[Part], float]]:
@@ -205,15 +246,19 @@ def delta_weight(layer: nn.Module, name: str) -> torch.Tensor:
 
 
 def merged_weights(model: nn.Module, name: str = "default") -> dict[str, torch.Tensor]:
-    """{base weight path: W + ΔW} for adapter `name`, computed on copies; the model is not modified."""
+    """{base weight path: W + ΔW} for adapter `name` (DoRA: m ⊙ (W + ΔW)/‖W + ΔW‖), computed on copies; the model
+    is not modified."""
     state_of(model).require(name)
-    layers = lora_layers(model, name)
-    _refuse_dora(name, layers, "merged")
     out: dict[str, torch.Tensor] = {}
+    plan = [(p, m, m.weight_2d(), m.delta_parts(name), m.scaling[name]) for p, m in lora_layers(model, name)]
+    factors = _dora_factors(plan, name, safe=True)
     with torch.no_grad():
-        for path, m in layers:
+        for (path, m, _, parts, scale), factor in zip(plan, factors, strict=True):
             w = m.base_layer.weight.detach().clone()
-            apply_delta(w.view(w.shape[0], -1), m.delta_parts(name), m.scaling[name])
+            w2 = w.view(w.shape[0], -1)
+            apply_delta(w2, parts, scale)
+            if factor is not None:
+                _scale_outputs(m, w2, factor)
             out[f"{path}.weight"] = w
     return out
 

@@ -114,9 +114,9 @@ def load_trained(
     return base.eval(), tokenizer
 
 
-MERGEABLE = ("lora", "rslora", "pissa", "lora+prefix")
-"""Methods whose trained update is a plain LoRA ΔW that core's merge folds into W (lora+prefix: its LoRA part).
-DoRA's update m ⊙ (W + ΔW)/‖W + ΔW‖ is not, and core's merge refuses it; adapters and prefixes add modules."""
+MERGEABLE = ("lora", "rslora", "pissa", "dora", "lora+prefix")
+"""Methods whose trained update core's merge folds into W: a LoRA ΔW (lora+prefix: its LoRA part), or DoRA's
+m ⊙ (W + ΔW)/‖W + ΔW‖. Adapters and prefixes add modules, which stay."""
 
 
 def load_weights(model: nn.Module, directory: str | Path) -> None:

@@ -8,7 +8,8 @@
   with c = m / ‖W + ΔW‖ (out,): y = b + c ⊙ (y_lora - b), where y_lora = W·x + b + ΔW·x is the layer's own output.
   With LoRA dropout in training, the dropped-out input x_d feeds the LoRA path and the magnitude's correction of the
   base path, as in PEFT and DoRA's reference code: y = W·x + b + (c - 1) ⊙ W·x_d + c ⊙ ΔW·x_d. Saved in PEFT's
-  DoRA format (core/io); not mergeable (core's merge refuses it).
+  DoRA format (core/io). core's merge folds it into W as PEFT does (W' = c ⊙ (W + ΔW)); a mixed-adapter batch
+  and a weighted combination refuse it.
 - lora+prefix: LoRA plus a PreEmbed prefix (the paper's LoRA+PrefixEmbed).
 """
 

@@ -3,10 +3,12 @@
 from lorakit.core.io.files import (
     atomic_write,
     fingerprint,
+    is_dora,
     load_adapter,
     load_dora_adapter,
     read_adapter,
     save_adapter,
 )
 
-__all__ = ["atomic_write", "fingerprint", "load_adapter", "load_dora_adapter", "read_adapter", "save_adapter"]
+__all__ = ["atomic_write", "fingerprint", "is_dora", "load_adapter", "load_dora_adapter", "read_adapter",
+           "save_adapter"]

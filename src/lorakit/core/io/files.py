@@ -163,6 +163,11 @@ def read_adapter(directory: str | os.PathLike, dora: bool = False) -> tuple[dict
     return config, meta, tensors
 
 
+def is_dora(directory: str | os.PathLike) -> bool:
+    """Whether an adapter directory is PEFT's DoRA (use_dora), which loads through methods.load_dora."""
+    return bool(_read_json(Path(directory) / CONFIG_FILE, required=True).get("use_dora"))
+
+
 def _read_json(path: Path, required: bool) -> dict:
     if not path.exists():
         if required:
