@@ -81,5 +81,19 @@ def test_compare_passes_its_sizes_through_the_run_config(tmp_path: Path) -> None
     compare = CompareConfig(model="tiny", task="e2e", data=str(tmp_path), out=str(tmp_path), methods=("adapter-h",),
                             bottleneck=8, prefix_length=3)
     config = run_config(compare, "adapter-h", None, 0, tmp_path / "run")
-    assert (config.method_options.bottleneck, config.method_options.prefix_length) == (8, 3)
+    # Each run records only the sizes its method reads (the others stay at their defaults).
+    assert (config.method_options.bottleneck, config.method_options.prefix_length) == (8, 16)
     assert trained_params(config) == adapter_count(HIDDEN, 8, adapter_layers=2 * LAYERS, layer_norms=2 * LAYERS)
+    assert run_config(compare, "prefix-layer", None, 0, tmp_path / "run").method_options.prefix_length == 3
+
+
+def test_an_option_the_method_does_not_read_is_refused_by_name(tmp_path: Path) -> None:
+    file = tmp_path / "run.yaml"
+    file.write_text("method: lora\nmethod_options: {bottleneck: 32}\n")
+    with pytest.raises(ConfigError, match=r"method_options.bottleneck is 32, but method 'lora' does not use it "
+                                          r"\(it sizes adapter-h, adapter-l\)"):
+        load_config(file)
+    with pytest.raises(ConfigError, match="method_options.prefix_length is 4, but method 'adapter-h'"):
+        load_config(None, {"method": "adapter-h", "method_options.prefix_length": "4"})
+    config = load_config(None, {"method": "lora+prefix", "method_options.prefix_length": "4"})
+    assert config.method_options.prefix_length == 4

@@ -24,7 +24,7 @@ from lorakit.core.errors import ConfigError
 from lorakit.core.io import atomic_write
 from lorakit.methods import ALL, trainable_count
 from lorakit.train import checkpoint, tasks
-from lorakit.train.config import DataConfig, MethodOptions, RunConfig, TrainConfig
+from lorakit.train.config import OPTION_USERS, DataConfig, MethodOptions, RunConfig, TrainConfig
 
 RESULT_FILE = "result.json"
 TIMELINE_FILE = "timeline.jsonl"
@@ -55,7 +55,8 @@ def run_config(config: CompareConfig, method: str, rank: int | None, seed: int, 
         keep_checkpoints=1, device=config.device, precision=config.precision,
         best_metric="accuracy" if config.task == "glue" else "dev_loss",
     )
-    options = MethodOptions(bottleneck=config.bottleneck, prefix_length=config.prefix_length)
+    sizes = {"bottleneck": config.bottleneck, "prefix_length": config.prefix_length}
+    options = MethodOptions(**{k: v for k, v in sizes.items() if method in OPTION_USERS[k]})  # the ones it reads
     return RunConfig(method=method, run_dir=str(run_dir), data=data_config(config), lora=lora,
                      method_options=options, train=train)
 

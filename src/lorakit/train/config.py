@@ -243,7 +243,11 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, str] | N
             problems.append(f"cannot set {key}: {head} is not a section")
             continue
         target[rest or head] = parse_value(text)
-    return config_from_dict(raw, problems)
+    config = config_from_dict(raw, problems)
+    unused = _unused_options(config.method, config.method_options)  # here, not for saved runs' configs
+    if unused:
+        raise ConfigError("invalid training config:\n  - " + "\n  - ".join(unused))
+    return config
 
 
 def config_from_dict(raw: Mapping[str, Any], problems: list[str] | None = None) -> RunConfig:
@@ -271,6 +275,23 @@ def config_from_dict(raw: Mapping[str, Any], problems: list[str] | None = None) 
     if problems:
         raise ConfigError("invalid training config:\n  - " + "\n  - ".join(problems))
     return RunConfig(**scalars, **sections)
+
+
+OPTION_USERS: dict[str, tuple[str, ...]] = {
+    "bottleneck": ("adapter-h", "adapter-l"),
+    "prefix_length": ("prefix-embed", "prefix-layer", "prompt-tuning", "lora+prefix"),
+}
+"""The methods each method_options field sizes."""
+
+
+def _unused_options(method: str, options: MethodOptions) -> list[str]:
+    """A method_options value changed from its default for a method that never reads it (a typo'd method, or an
+    option meant for another run) would be silently ignored; say so instead."""
+    defaults = MethodOptions()
+    return [f"method_options.{name} is {getattr(options, name)}, but method {method!r} does not use it (it sizes "
+            f"{', '.join(users)}); remove it or choose one of those methods"
+            for name, users in OPTION_USERS.items()
+            if method not in users and getattr(options, name) != getattr(defaults, name)]
 
 
 def _scalar_problems(scalars: Mapping[str, Any]) -> list[str]:
