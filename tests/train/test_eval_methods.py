@@ -76,12 +76,12 @@ def test_bf16_casts_the_methods_weights_after_loading(method, model_dir, tmp_pat
 
 
 @pytest.mark.filterwarnings("ignore:METEOR skipped")
-@pytest.mark.parametrize("method", ["adapter-h", "prefix-layer"])
-def test_eval_and_generate_run_on_a_method_run(method, tmp_path, model_dir, jsonl_data, capsys) -> None:
+@pytest.mark.parametrize(("method", "size"), [("adapter-h", "bottleneck"), ("prefix-layer", "prefix_length")])
+def test_eval_and_generate_run_on_a_method_run(method, size, tmp_path, model_dir, jsonl_data, capsys) -> None:
     run = tmp_path / "run"
     assert run_cli(train_cli, [
-        "--model.name", str(model_dir), "--method", method, "--method_options.bottleneck", "4",
-        "--method_options.prefix_length", "3", "--data.task", "jsonl", "--data.train", str(jsonl_data[0]),
+        "--model.name", str(model_dir), "--method", method, f"--method_options.{size}", "3",
+        "--data.task", "jsonl", "--data.train", str(jsonl_data[0]),
         "--data.dev", str(jsonl_data[1]), "--data.max_length", "32", "--train.steps", "2", "--train.lr", "1e-2",
         "--device", "cpu", "--run_dir", str(run), "--no-progress"]) == 0
     assert (run / "final" / "adapter" / "lorakit_method.json").is_file()
