@@ -57,7 +57,8 @@ def run(root: Path, out: Path, *extra: str, model: str = "gpt2") -> int:
     cli.add_parser(p)
     args = p.parse_args(["--model", str(root / model), "--task", "e2e", "--data", str(root / "e2e"), "--out",
                          str(out), "--steps", "4", "--eval-every", "2", "--seeds", "1", "--batch-size", "4",
-                         "--generate-limit", "2", "--beams", "1", "--dev-limit", "4", "--targets", "c_attn",
+                         "--generate-limit", "2", "--curve-inputs", "2", "--beams", "1", "--dev-limit", "4",
+                         "--targets", "c_attn",
                          "--bottleneck", "4", "--latency-batches", "1", "--latency-lengths", "8",
                          "--latency-repeats", "2", "--quiet", *extra])
     return cli.run(args)
@@ -76,7 +77,9 @@ def test_compare_writes_results_for_every_method_and_seed(finished):
     for run_result in results["runs"]:
         assert run_result["trainable_params"] > 0
         assert {"dev_loss", "BLEU"} <= set(run_result["metrics"])
-        assert [r["step"] for r in run_result["records"] if r["split"] == "dev"] == [2, 4]
+        dev = [r for r in run_result["records"] if r["split"] == "dev"]
+        assert [r["step"] for r in dev] == [2, 4]
+        assert all(0 <= r["greedy_BLEU"] <= 100 for r in dev)  # the main metric's curve, at every evaluation
         assert run_result["cost"]["checkpoint_mb"] > 0
     cell = results["latency"][0]
     assert {"base", "lora (merged)", "lora (unmerged)", "adapter-h"} == set(cell["seconds"])
@@ -87,6 +90,7 @@ def test_reports_hold_the_tables_and_embedded_plots(finished):
     for heading in ("Quality", "Convergence", "Cost", "Inference latency"):
         assert heading in md and heading in page
     assert "| adapter-h |" in md and "dev_loss_seconds.png" in md and (finished / "dev_loss_steps.png").is_file()
+    assert (finished / "greedy_BLEU_steps.png").is_file() and "greedy_BLEU_seconds.png" in md
     assert page.count("data:image/png;base64,") >= 4
 
 

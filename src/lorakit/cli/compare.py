@@ -41,6 +41,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-limit", type=int, help="use only the first N training examples")
     p.add_argument("--dev-limit", type=int, default=200, help="dev examples per evaluation")
     p.add_argument("--generate-limit", type=int, default=50, help="e2e: dev inputs decoded for BLEU etc.")
+    p.add_argument("--curve-inputs", type=int, default=20,
+                   help="e2e: dev inputs decoded greedily at each evaluation for the BLEU curve (0: none)")
     p.add_argument("--beams", type=int, default=4, help="e2e: beam width of the final decoding")
     p.add_argument("--rank", type=int, default=4, help="LoRA rank r")
     p.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha")
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         glue_task=args.glue_task, ranks=args.ranks, seeds=args.seeds, steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, warmup_steps=args.warmup_steps, eval_every=args.eval_every, max_length=args.max_length,
         train_limit=args.train_limit, dev_limit=args.dev_limit, generate_limit=args.generate_limit,
+        curve_inputs=args.curve_inputs,
         beams=args.beams, rank=args.rank, alpha=args.alpha, targets=args.targets, bottleneck=args.bottleneck,
         prefix_length=args.prefix_length, device=args.device, precision=args.precision,
         latency_batches=args.latency_batches, latency_lengths=args.latency_lengths,

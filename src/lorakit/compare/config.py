@@ -46,6 +46,8 @@ class CompareConfig:
     """Dev examples for dev loss (and GLUE metrics) at each evaluation."""
     generate_limit: int = 50
     """E2E: distinct dev inputs decoded (beam search) at the end of each run for BLEU, NIST, METEOR, ROUGE-L, CIDEr."""
+    curve_inputs: int = 20
+    """E2E: distinct dev inputs decoded greedily at every dev evaluation for the BLEU convergence curve (0: none)."""
     beams: int = 4
     rank: int = 4
     alpha: float = 32.0
@@ -79,6 +81,8 @@ class CompareConfig:
             problems.append(f"ranks must be positive (got {self.ranks})")
         if any(n < 1 for n in (*self.latency_batches, *self.latency_lengths)):
             problems.append("latency batch sizes and lengths must be positive")
+        if self.curve_inputs < 0:
+            problems.append(f"curve_inputs must be 0 (no BLEU curve) or more (got {self.curve_inputs})")
         if self.eval_every < 0:
             problems.append(f"eval_every must be 0 (automatic) or more (got {self.eval_every})")
         elif self.steps >= 1 and self.steps < 2 * self.evaluation_interval:

@@ -122,7 +122,8 @@ def run_one(config: CompareConfig, prepared: Prepared, base: nn.Module, tokenize
     timeline = Timeline(run_dir / TIMELINE_FILE, resume)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    evaluate = tasks.metric_hook(data_config(config), prepared.dev, prepared.pad_id)
+    evaluate = tasks.metric_hook(data_config(config), prepared.dev, prepared.pad_id) or _bleu_curve_hook(
+        config, tokenizer, prepared.dev_records)
     result = fit(model, prepared.train, rc.train, prepared.dev, run_dir, pad_id=prepared.pad_id, export=export,
                  evaluate=evaluate, resume=resume, progress=progress, on_log=timeline.record)
     if result.stopped == "interrupted":
@@ -180,6 +181,29 @@ class Timeline:
         """One entry per (step, split): the newest, since a resume recomputes the steps after its checkpoint."""
         latest = {(e["step"], e["split"]): e for e in self.entries}
         return sorted(latest.values(), key=lambda e: (e["step"], e["split"] != "train"))
+
+
+def _bleu_curve_hook(config: CompareConfig, tokenizer: Any, dev_records: list) -> Any:
+    """E2E: at each dev evaluation, greedy BLEU (×100) over the first config.curve_inputs distinct dev inputs, the
+    main metric's convergence curve (the quality table's BLEU is the beam search after training); None if off."""
+    if config.task != "e2e" or not config.curve_inputs:
+        return None
+    from lorakit.data import group_references
+    from lorakit.evaluate.decode import DecodeConfig, generate, prompt_ids
+    from lorakit.evaluate.mteval import bleu
+
+    groups = group_references(dev_records)[: config.curve_inputs]
+    prompt_of: dict[str, str] = {}
+    for pair in dev_records:
+        prompt_of.setdefault(pair.group, pair.prompt)
+    ids = prompt_ids([prompt_of[g] for g, _ in groups], tokenizer, config.max_length)
+    decode = DecodeConfig(beams=1, max_new_tokens=64, batch_size=16, max_prompt_length=config.max_length)
+
+    def hook(model: nn.Module) -> dict[str, float]:
+        texts = generate(model, tokenizer, ids, decode, progress=False)
+        return {"greedy_BLEU": 100.0 * bleu(texts, [refs for _, refs in groups])}
+
+    return hook
 
 
 def _generation_metrics(config: CompareConfig, model: nn.Module, tokenizer: Any, dev_records: list) -> dict:
