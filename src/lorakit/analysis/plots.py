@@ -35,16 +35,22 @@ def lines(series: Mapping[str, Sequence[tuple[float, float]]], xlabel: str, ylab
           log_x: bool = False) -> bytes:
     """One line per named series of (x, y) points, all on one axis."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for name, points in series.items():
+    many = len(series) > 10  # matplotlib's default cycle has 10 colors: more series would share them
+    fig, ax = plt.subplots(figsize=(8.0 if many else 6.4, 4.0))
+    colors = plt.get_cmap("tab20").colors if many else [None] * len(series)
+    for i, (name, points) in enumerate(series.items()):
         if points:
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o", markersize=3, label=name)
+            ax.plot(xs, ys, marker="os^D"[i % 4] if many else "o", markersize=3, label=name,
+                    color=colors[i % len(colors)], linestyle="-" if i % 2 == 0 or not many else "--")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     if log_x:
         ax.set_xscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if many:  # beside the axes, so no line hides behind it
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=8)
     return _png(fig)
 
 
