@@ -91,7 +91,7 @@ def _dora_factors(todo: list, name: str, safe: bool) -> list[torch.Tensor | None
     W' = m ⊙ (W + ΔW) / ‖W + ΔW‖. The norm must see W alone, so no other adapter may be merged into the layer.
     """
     factors: list[torch.Tensor | None] = []
-    for path, m, w2, _, _ in todo:
+    for path, m, _, _, _ in todo:
         magnitudes = m._modules.get(MAGNITUDE)  # a dict lookup: merge runs this for every layer of every adapter
         magnitude = magnitudes[name] if magnitudes is not None and name in magnitudes else None
         if magnitude is None:
@@ -100,9 +100,8 @@ def _dora_factors(todo: list, name: str, safe: bool) -> list[torch.Tensor | None
         if m.merged:
             raise MergeError(f"cannot merge DoRA adapter {name!r}: {m.merged} already merged into {path} would enter "
                              "its norm ‖W + ΔW‖. Nothing was changed; unmerge them first")
-        with torch.no_grad():
-            norm = (w2 + delta_weight(m, name)).norm(dim=0 if m.transposed else 1)
-            factor = magnitude.detach().to(norm.dtype) / norm
+        norm = row_norm(m, name)
+        factor = magnitude.detach().to(norm.dtype) / norm
         if safe and not torch.isfinite(factor).all():
             raise MergeError(f"merging DoRA adapter {name!r} would divide by a zero norm ‖W + ΔW‖ in {path} (or its "
                              "magnitude is not finite); nothing was merged")
@@ -245,12 +244,19 @@ def delta_weight(layer: nn.Module, name: str) -> torch.Tensor:
     return d
 
 
+def row_norm(layer: nn.Module, name: str) -> torch.Tensor:
+    """‖W + ΔW‖ of each output row of a Linear or Conv1D layer, (out,), without gradient: DoRA's denominator, in its
+    forward (methods.variants) and in its merge."""
+    with torch.no_grad():
+        return (layer.weight_2d() + delta_weight(layer, name)).norm(dim=0 if layer.transposed else 1)
+
+
 def merged_weights(model: nn.Module, name: str = "default") -> dict[str, torch.Tensor]:
     """{base weight path: W + ΔW} for adapter `name` (DoRA: m ⊙ (W + ΔW)/‖W + ΔW‖), computed on copies; the model
     is not modified."""
     state_of(model).require(name)
     out: dict[str, torch.Tensor] = {}
-    plan = [(p, m, m.weight_2d(), m.delta_parts(name), m.scaling[name]) for p, m in lora_layers(model, name)]
+    plan = _plan(model, name)
     factors = _dora_factors(plan, name, safe=True)
     with torch.no_grad():
         for (path, m, _, parts, scale), factor in zip(plan, factors, strict=True):

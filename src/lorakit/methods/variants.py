@@ -27,7 +27,7 @@ from torch import nn
 from lorakit.core.errors import AdapterError, ConfigError, MergeError
 from lorakit.core.inject import inject, wrappers
 from lorakit.core.layers import MAGNITUDE, LoraLinear, apply_delta
-from lorakit.core.merge import delta_weight
+from lorakit.core.merge import row_norm
 from lorakit.methods.blocks import head_names
 from lorakit.methods.options import method_info
 from lorakit.methods.prefix import ATTRIBUTE as PREFIX
@@ -80,7 +80,7 @@ def dora(model: nn.Module, config: RunConfig) -> Export:
     """Weight-decomposed LoRA; saved in PEFT's DoRA format."""
     inject(model, _lora_config(model, config), "default")
     for _, layer in _dora_layers(model, "default"):
-        _add_magnitude(layer, "default", _row_norm(layer, "default")).requires_grad_(True)
+        _add_magnitude(layer, "default", row_norm(layer, "default")).requires_grad_(True)
     return lora_export("dora", config)
 
 
@@ -114,13 +114,6 @@ def _add_magnitude(layer: LoraLinear, name: str, m: torch.Tensor) -> nn.Paramete
     return getattr(layer, MAGNITUDE)[name]
 
 
-def _row_norm(layer: LoraLinear, name: str) -> torch.Tensor:
-    """‖W + ΔW‖ of each output row, (out,), without gradient (DoRA, section 4.3)."""
-    with torch.no_grad():
-        w = layer.weight_2d() + delta_weight(layer, name)
-        return w.norm(dim=0 if layer.transposed else 1)
-
-
 def _dora_hook(layer: LoraLinear, inputs: tuple, y: torch.Tensor) -> torch.Tensor:
     magnitudes = getattr(layer, MAGNITUDE)
     if layer.state.rows is not None and not layer.state.disabled:
@@ -130,7 +123,7 @@ def _dora_hook(layer: LoraLinear, inputs: tuple, y: torch.Tensor) -> torch.Tenso
         return y
     if layer.merged:  # another adapter merged into W would enter the norm
         raise MergeError(f"adapters {layer.merged} are merged into a layer of DoRA adapter {name!r}; unmerge them")
-    scale = magnitudes[name] / _row_norm(layer, name)  # c, (out,)
+    scale = magnitudes[name] / row_norm(layer, name)  # c, (out,)
     bias = layer.bias
     p = layer.dropout[name]
     if not (p and layer.training):
