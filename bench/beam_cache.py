@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 from unittest import mock
 
-from lorakit.data import group_references
 from lorakit.evaluate import decode
-from lorakit.evaluate.run import load_trained
+from lorakit.evaluate.run import distinct_inputs, load_trained
 from lorakit.train import tasks
 from lorakit.train.config import DataConfig
 
@@ -33,11 +32,8 @@ def main() -> int:
     adapter = Path(args.run) / "final" / "adapter" if args.run else None
     model, tok = load_trained("smollm2-135m", adapter, "causal-lm", None, device="cpu")
     data = DataConfig(task="e2e", train=args.data)
-    pairs = tasks.read_split(data, "dev")
-    first = {}
-    for p in pairs:
-        first.setdefault(p.group, p.prompt)
-    ids = decode.prompt_ids([first[g] for g, _ in group_references(pairs)[: args.inputs]], tok, 512)
+    prompts, _ = distinct_inputs(tasks.read_split(data, "dev"))
+    ids = decode.prompt_ids(prompts[: args.inputs], tok, 512)
     config = decode.DecodeConfig()
     times: dict[str, list[float]] = {"shared_prompt_cache": [], "prompt_per_beam": []}
     texts: dict[str, list[str]] = {k: [] for k in times}

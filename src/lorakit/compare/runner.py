@@ -188,20 +188,18 @@ def _bleu_curve_hook(config: CompareConfig, tokenizer: Any, dev_records: list) -
     main metric's convergence curve (the quality table's BLEU is the beam search after training); None if off."""
     if config.task != "e2e" or not config.curve_inputs:
         return None
-    from lorakit.data import group_references
     from lorakit.evaluate.decode import DecodeConfig, generate, prompt_ids
     from lorakit.evaluate.mteval import bleu
+    from lorakit.evaluate.run import distinct_inputs
 
-    groups = group_references(dev_records)[: config.curve_inputs]
-    prompt_of: dict[str, str] = {}
-    for pair in dev_records:
-        prompt_of.setdefault(pair.group, pair.prompt)
-    ids = prompt_ids([prompt_of[g] for g, _ in groups], tokenizer, config.max_length)
+    prompts, references = distinct_inputs(dev_records)
+    ids = prompt_ids(prompts[: config.curve_inputs], tokenizer, config.max_length)
+    references = references[: config.curve_inputs]
     decode = DecodeConfig(beams=1, max_new_tokens=64, batch_size=16, max_prompt_length=config.max_length)
 
     def hook(model: nn.Module) -> dict[str, float]:
         texts = generate(model, tokenizer, ids, decode, progress=False)
-        return {"greedy_BLEU": 100.0 * bleu(texts, [refs for _, refs in groups])}
+        return {"greedy_BLEU": 100.0 * bleu(texts, references)}
 
     return hook
 

@@ -64,14 +64,20 @@ def evaluate_generation(
     the texts with the five E2E metrics; metrics is None when no input has a reference. decode defaults to the
     paper's E2E settings (DecodeConfig())."""
     decode = decode or DecodeConfig()
-    groups = group_references(pairs)
-    prompt_of = {}
-    for pair in pairs:
-        prompt_of.setdefault(pair.group, pair.prompt)
-    inputs = [prompt_of[group] for group, _ in groups]
+    inputs, _ = distinct_inputs(pairs)
     ids = prompt_ids(inputs, tokenizer, decode.max_prompt_length, chat=chat)
     predictions = generate(model, tokenizer, ids, decode, progress=progress)
     return score_predictions(pairs, predictions)
+
+
+def distinct_inputs(pairs: Sequence[TextPair]) -> tuple[list[str], list[list[str]]]:
+    """(prompts, references) of each distinct input in first-seen order: pairs sharing a group are one input whose
+    references are all their completions. The order eval decodes and writes predictions.txt in."""
+    groups = group_references(pairs)
+    prompt_of: dict[str, str] = {}
+    for pair in pairs:
+        prompt_of.setdefault(pair.group, pair.prompt)
+    return [prompt_of[group] for group, _ in groups], [refs for _, refs in groups]
 
 
 def score_predictions(pairs: Sequence[TextPair], predictions: Sequence[str]) -> GenerationResult:
