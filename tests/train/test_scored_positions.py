@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import tiny_gpt2
 from tinytrain import tiny_llama, tiny_pairs, tiny_tokenizer
-from transformers import GPT2Config, GPT2LMHeadModel
 
 import lorakit
 from lorakit.data import collate, model_inputs, tokenize_pairs
@@ -20,12 +20,6 @@ PAD = 3
 def batch():
     examples = tokenize_pairs(tiny_pairs(6, seed=2), tiny_tokenizer(), 32)
     return collate(examples, PAD)
-
-
-def tiny_gpt2() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=26, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                                      bos_token_id=1, eos_token_id=2))
 
 
 def loss_and_grads(model, data, only_scored: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
