@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -231,9 +232,10 @@ def bench_server(args, dirs: list[Path], texts: list[str]) -> dict:
 
 # ---- the engine alone: resident adapter count and rank padding ----
 
-def engine_step_times(model, tok, dirs: list[Path], texts: list[str], new: int, used: int) -> list[float]:
-    """Seconds of each decode step with every adapter in `dirs` resident and 32 rows spread over the first
-    `used` of them."""
+@contextmanager
+def running_engine(model, tok, dirs: list[Path], texts: list[str], rows: int, used: int, new: int):
+    """An engine with every adapter in `dirs` resident and `rows` greedy requests of `new` tokens spread over the
+    first `used` adapters, admitted and prefilled; the adapters are removed and the model unwrapped afterwards."""
     from lorakit.serve.engine import Engine
     from lorakit.serve.pool import AdapterPool
     from lorakit.serve.sampling import SamplingParams
@@ -243,18 +245,32 @@ def engine_step_times(model, tok, dirs: list[Path], texts: list[str], new: int, 
         pool.add(f"a{i}", d, trusted=True)
     engine = Engine(model, tok, pool)
     params = SamplingParams(max_tokens=new, temperature=0, ignore_eos=True)
-    for i, text in enumerate(texts[:32]):
+    for i, text in enumerate(texts[:rows]):
         engine.submit(tok.encode(text), f"a{i % used}", params, lambda e: None)
     engine.step()  # admission and prefill
+    try:
+        yield engine
+    finally:
+        for name in pool.names():
+            pool.remove(name)
+        lorakit.unwrap(model)
+
+
+def timed_steps(engine, steps: int | None = None) -> list[float]:
+    """Seconds of each decode step: `steps` of them, or until every row has finished."""
     times = []
-    while engine.running:
+    while engine.running and (steps is None or len(times) < steps):
         t = time.perf_counter()
         engine.step()
         times.append(time.perf_counter() - t)
-    for name in pool.names():
-        pool.remove(name)
-    lorakit.unwrap(model)
-    return times[:-1]  # the last step only finishes rows
+    return times
+
+
+def engine_step_times(model, tok, dirs: list[Path], texts: list[str], new: int, used: int) -> list[float]:
+    """Seconds of each decode step with every adapter in `dirs` resident and 32 rows spread over the first
+    `used` of them."""
+    with running_engine(model, tok, dirs, texts, 32, used, new) as engine:
+        return timed_steps(engine)[:-1]  # the last step only finishes rows
 
 
 def bench_engine(model, tok, dirs: list[Path], rank64: list[Path], texts: list[str], new: int, rounds: int) -> dict:
@@ -284,37 +300,17 @@ def profile_decode(model, tok, dirs: list[Path], texts: list[str], rows: int, st
     self time per op per step (top 8), and the weight bytes a step must read (every parameter, once)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from lorakit.serve.engine import Engine
-    from lorakit.serve.pool import AdapterPool
-    from lorakit.serve.sampling import SamplingParams
-
-    pool = AdapterPool(model)
-    for i, d in enumerate(dirs[:ADAPTERS]):
-        pool.add(f"a{i}", d, trusted=True)
-    engine = Engine(model, tok, pool)
-    params = SamplingParams(max_tokens=3 * steps, temperature=0, ignore_eos=True)
-    for i, text in enumerate(texts[:rows]):
-        engine.submit(tok.encode(text), f"a{i % ADAPTERS}", params, lambda e: None)
-    engine.step()  # admission and prefill
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        engine.step()
-        times.append(time.perf_counter() - t)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            engine.step()
-    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:8]
-    weight_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    step_ms = 1000 * statistics.median(times)
-    for name in pool.names():
-        pool.remove(name)
-    lorakit.unwrap(model)
-    return {"rows": rows, "median_step_ms": round(step_ms, 1),
-            "decode_tokens_per_s": round(rows / statistics.median(times), 1),
+    with running_engine(model, tok, dirs[:ADAPTERS], texts, rows, ADAPTERS, 3 * steps) as engine:
+        step_s = statistics.median(timed_steps(engine, steps))
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            timed_steps(engine, steps)
+        weight_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20  # adapters included
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    return {"rows": rows, "median_step_ms": round(1000 * step_s, 1),
+            "decode_tokens_per_s": round(rows / step_s, 1),
             "weights_mb": round(weight_mb, 1),
-            "self_ms_per_step": {e.key: round(e.self_cpu_time_total / 1000 / steps, 2) for e in ops},
-            "profiled_ms_per_step": round(sum(e.self_cpu_time_total for e in prof.key_averages()) / 1000 / steps, 1)}
+            "self_ms_per_step": {e.key: round(e.self_cpu_time_total / 1000 / steps, 2) for e in ops[:8]},
+            "profiled_ms_per_step": round(sum(e.self_cpu_time_total for e in ops) / 1000 / steps, 1)}
 
 
 def main() -> int:
