@@ -8,7 +8,6 @@ inference latency once merged).
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
@@ -44,7 +43,7 @@ def merge(model: nn.Module, name: str = "default", safe: bool = True) -> nn.Modu
     plan = _plan(model, name)
     todo = [e for e in plan if name not in e[1].merged]
     factors = _dora_factors(todo, name, safe)
-    bound = _bound(model, name) if safe or _tracking(todo) else math.inf
+    bound = _bound(model, name, plan) if safe or _tracking(todo) else math.inf
     if safe:
         _check_finite(todo, name, bound)
     with torch.no_grad():
@@ -63,12 +62,13 @@ def unmerge(model: nn.Module) -> nn.Module:
     names = merged_names(model)
     with torch.no_grad():
         for name in reversed(names):
-            todo = [e for e in _plan(model, name) if name in e[1].merged]
+            plan = _plan(model, name)
+            todo = [e for e in plan if name in e[1].merged]
             for _, m, w2, _, _ in todo:
                 factor = m.__dict__.get("_dora_factors", {}).pop(name, None)
                 if factor is not None:
                     _scale_outputs(m, w2, factor, divide=True)
-            bound = _bound(model, name) if _tracking(todo) else math.inf
+            bound = _bound(model, name, plan) if _tracking(todo) else math.inf
             _apply_all(todo, -1.0, bound)
             for _, m, _, _, _ in todo:
                 m.merged.remove(name)
@@ -127,26 +127,31 @@ def _plan(model: nn.Module, name: str) -> list[tuple[str, nn.Module, torch.Tenso
         plans = (state.version, {})
         state._merge_plans = plans
     hit = plans[1].get(name)
-    if hit is not None and hit[0] == _storage_key(hit[1], name):
+    if hit is not None and hit[0] == _storage_key(hit[2], name):
         return hit[1]
     plan = [(p, m, m.weight_2d(), m.delta_parts(name), m.scaling[name]) for p, m in lora_layers(model, name)]
-    plans[1][name] = (_storage_key(plan, name), plan)
+    sources = [(m.base_layer._parameters, m.lora_A._parameters, m.lora_B._parameters) for _, m, _, _, _ in plan]
+    plans[1][name] = (_storage_key(sources, name), plan, sources)
     return plan
 
 
-def _storage_key(plan: list, name: str) -> tuple:
-    """Where each weight and factor lives now; `model.to(...)` replaces storages, which must rebuild the plan."""
-    return tuple((m.base_layer.weight.data_ptr(), m.base_layer.weight.dtype, m.lora_A[name].data_ptr(),
-                  m.lora_B[name].data_ptr()) for _, m, _, _, _ in plan)
+def _storage_key(sources: list[tuple[dict, dict, dict]], name: str) -> tuple:
+    """Where each weight and factor lives now; `model.to(...)` replaces storages, which must rebuild the plan.
+
+    Read straight from the layers' parameter dicts (module attribute access and ParameterDict indexing cost ~6 µs a
+    layer, a tenth of a merge on SmolLM2), so a parameter replaced by a new one is seen too. A data pointer equal
+    to the planned one is the planned storage: the plan's views keep that storage alive.
+    """
+    return tuple((w["weight"].data_ptr(), a[name].data_ptr(), b[name].data_ptr()) for w, a, b in sources)
 
 
-def _bound(model: nn.Module, name: str) -> float:
+def _bound(model: nn.Module, name: str, plan: list) -> float:
     """One bound for all of an adapter's layers: max r · max|left| · max|right| ≥ every entry of left @ right.
 
     Coarser than per-layer bounds, but two reductions over the concatenated factors, cached until a factor
     changes (their version counters); inf or nan when a factor is not finite.
     """
-    factors = [(left, right) for _, _, _, parts, _ in _plan(model, name) for _, left, right in parts]
+    factors = [(left, right) for _, _, _, parts, _ in plan for _, left, right in parts]
     if not factors:
         return 0.0
     key = tuple(-1 if t.is_inference() else t._version for pair in factors for t in pair)
@@ -163,38 +168,16 @@ def _bound(model: nn.Module, name: str) -> float:
     return hit[1]
 
 
-_POOL: ThreadPoolExecutor | None = None
-
-
 def _apply_all(todo: list, sign: float, bound: float) -> None:
-    """_apply_tracked on every planned layer; large CPU merges are split over the intra-op thread count.
+    """_apply_tracked on every planned layer, one after another.
 
-    A merge is one read and one write of every adapted weight, memory-bound work that a single addmm_ at a time
-    does not spread over the cores: two Python threads (torch releases the GIL inside addmm_) took 15% less time
-    than one on SmolLM2-135M's q,v weights here, out of cache. Each layer is touched by exactly one thread.
+    Each addmm_ already runs on every intra-op thread. Splitting the layers over Python threads as well (tried in
+    session 2) was slower here (9.4 ms against 6.3 ms for SmolLM2's q,v weights out of cache) and left extra
+    OpenMP teams spinning that slowed whatever ran next.
     """
-    global _POOL
-
-    def run(share: list) -> None:
-        with torch.no_grad():  # grad mode is per thread
-            for _, m, w2, parts, scale in share:
-                _apply_tracked(m, w2, parts, sign * scale, bound)
-
-    workers = min(torch.get_num_threads(), len(todo))
-    cpu = all(e[2].device.type == "cpu" for e in todo)
-    if workers < 2 or not cpu or sum(e[2].numel() for e in todo) < (1 << 20):
-        run(todo)
-        return
-    if _POOL is None or _POOL._max_workers < workers:
-        _POOL = ThreadPoolExecutor(workers, thread_name_prefix="lorakit-merge")
-    shares: list[list] = [[] for _ in range(workers)]
-    loads = [0] * workers
-    for e in sorted(todo, key=lambda e: -e[2].numel()):  # largest first onto the least loaded thread
-        k = loads.index(min(loads))
-        shares[k].append(e)
-        loads[k] += e[2].numel()
-    for future in [_POOL.submit(run, share) for share in shares]:
-        future.result()
+    with torch.no_grad():
+        for _, m, w2, parts, scale in todo:
+            _apply_tracked(m, w2, parts, sign * scale, bound)
 
 
 def _tracking(todo: list) -> bool:
