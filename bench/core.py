@@ -169,8 +169,7 @@ def main() -> None:
         lorakit.set_active(lk, "a0")
         pm.set_adapter("a0")
         w0 = {n: p.detach().clone() for n, p in lk.named_parameters() if "base_layer" in n}
-        mg_lk, mg_lk_unsafe, mg_pf, un_lk, un_pf, mu_lk, mu_pf = [], [], [], [], [], [], []
-        mg_pf2 = []
+        mg_lk, mg_lk_unsafe, mg_pf, mg_pf2, un_lk, un_pf, mu_lk, mu_pf = [], [], [], [], [], [], [], []
         for _ in range(args.rounds):
             # Each timed merge starts right after the other library's merge and unmerge, so both find the same
             # kind of cache (the other model's weights were touched last), checked and unchecked alike.

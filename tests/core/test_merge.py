@@ -150,9 +150,11 @@ def test_merge_follows_a_replaced_weight_parameter(ids):
     lorakit.unmerge(model)
     layer = next(iter(wrappers(model)))[1]
     old = layer.base_layer.weight
-    layer.base_layer.weight = nn.Parameter(old.detach().clone(), requires_grad=False)
+    before = old.detach().clone()
+    layer.base_layer.weight = nn.Parameter(before.clone(), requires_grad=False)
     with torch.no_grad():
         unmerged = model(ids).logits
         lorakit.merge(model)
         assert (model(ids).logits - unmerged).abs().max() <= 1e-5
-    assert not torch.equal(layer.base_layer.weight, old)
+    assert torch.equal(old, before)  # a stale plan would have written into the replaced parameter
+    assert not torch.equal(layer.base_layer.weight, before)
