@@ -1,6 +1,6 @@
 """lorakit serve under load vs HF PEFT, in one run on one machine; prints JSON.
 
-Model: the built-in smollm2-135m (or --random: a random-weight Llama of its shape), fp32, greedy, `--new-tokens`
+Model: the built-in smollm2-135m (or --random: a random-weight Llama of its shape), --dtype, greedy, `--new-tokens`
 per request, 8 rank-8 q,v adapters with non-zero B. Measured:
   peft.sequential   one request at a time, set_adapter before each (tokens/s)
   peft.mixed_N      one generate(adapter_names=...) over N left-padded rows (tokens/s)
@@ -16,7 +16,7 @@ per request, 8 rank-8 q,v adapters with non-zero B. Measured:
   profile           (--profile ROWS) where one decode step's time goes, per op
 
     python bench/serve.py [--threads 1] [--soak-seconds 20] [--random] [--dtype bfloat16] [--engine-only]
-                          [--profile 8]
+                          [--profile 8] [--peft-dtype float32 --peft-dtype bfloat16] [--skip-engine]
 """
 
 from __future__ import annotations
@@ -114,9 +114,7 @@ def bench_peft(model, tok, dirs: list[Path], texts: list[str], new: int, sequent
 # ---- the server, in its own process ----
 
 def serve_process(use_random: bool, dtype: str, dirs: list[str], port: int, threads: int) -> None:
-    import uvicorn
-
-    from lorakit.serve.app import create_app
+    from lorakit.serve.app import serve
     from lorakit.serve.engine import Engine
     from lorakit.serve.pool import AdapterPool
     from lorakit.serve.service import Service
@@ -126,8 +124,7 @@ def serve_process(use_random: bool, dtype: str, dirs: list[str], port: int, thre
     pool = AdapterPool(model)
     for i, d in enumerate(dirs):
         pool.add(f"a{i}", d, trusted=True)
-    app = create_app(Service(Engine(model, tok, pool), "base"))
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    serve(Service(Engine(model, tok, pool), "base"), "127.0.0.1", port, log_level="warning")
 
 
 def rss_mb(pid: int) -> float:
@@ -321,7 +318,11 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     p.add_argument("--skip-peft-sequential", action="store_true")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the engine-alone measurements")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="for PEFT and lorakit alike")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="lorakit's dtype (bfloat16 runs the lean engine, serve/llama.py)")
+    p.add_argument("--peft-dtype", action="append", choices=("float32", "bfloat16"),
+                   help="PEFT's dtype, repeatable (default: --dtype)")
+    p.add_argument("--skip-engine", action="store_true", help="skip the engine-alone measurements")
     p.add_argument("--engine-only", action="store_true", help="only the engine-alone measurements (no PEFT, no HTTP)")
     p.add_argument("--profile", type=int, metavar="ROWS", help="only profile the engine's decode step at ROWS rows")
     args = p.parse_args()
@@ -343,19 +344,22 @@ def main() -> int:
             result["engine_32_rows"] = bench_engine(model, tok, dirs, rank64, texts, 16, args.rounds)
             print(json.dumps(result, indent=2))
             return 0
-        peft_base = base_model(args.random, args.dtype)[0]
-        result["peft"] = bench_peft(peft_base, tok, dirs[:ADAPTERS], texts, args.new_tokens,
-                                    not args.skip_peft_sequential)
-        del peft_base
+        result["peft"] = {}
+        for dtype in args.peft_dtype or [args.dtype]:
+            peft_base = base_model(args.random, dtype)[0]
+            result["peft"][dtype] = bench_peft(peft_base, tok, dirs[:ADAPTERS], texts, args.new_tokens,
+                                               not args.skip_peft_sequential)
+            del peft_base
         print(json.dumps(result), file=sys.stderr)
         result["serve"] = bench_server(args, dirs[:ADAPTERS], texts)
         print(json.dumps(result), file=sys.stderr)
-        result["engine_32_rows"] = bench_engine(model, tok, dirs, rank64, texts, 16, args.rounds)
-    peft_mixed = result["peft"]["mixed_8"]["tokens_per_s"]
+        if not args.skip_engine:
+            result["engine_32_rows"] = bench_engine(model, tok, dirs, rank64, texts, 16, args.rounds)
+    serve = result["serve"]
     result["speedup_vs_peft_mixed"] = {
-        "c8": round(result["serve"]["c8"]["tokens_per_s"] / peft_mixed, 2),
-        "c32": round(result["serve"]["c32"]["tokens_per_s"] / result["peft"]["mixed_32"]["tokens_per_s"], 2),
-    }
+        f"peft_{dtype}": {f"c{n}": round(serve[f"c{n}"]["tokens_per_s"] / peft[f"mixed_{n}"]["tokens_per_s"], 2)
+                          for n in (8, 32)}
+        for dtype, peft in result["peft"].items()}
     print(json.dumps(result, indent=2))
     return 0
 

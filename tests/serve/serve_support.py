@@ -60,6 +60,8 @@ def save_adapter(directory: Path, config: lorakit.LoraConfig, seed: int, model_s
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, m in wrappers(model):
+            if "x" not in getattr(m, "lora_A", {}):  # a modules_to_save copy keeps its trained-as-is weights
+                continue
             for p in (m.lora_A["x"], m.lora_B["x"]):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
     lorakit.save_adapter(model, directory, "x")

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import threading
+import time
 
 import httpx
 import openai
 import pytest
-from serve_support import make_adapters, running_server, tiny_model, tiny_tokenizer
+import torch
+from serve_support import free_port, make_adapters, running_server, tiny_model, tiny_tokenizer
 
 from lorakit import ConfigError
 from lorakit.cli.serve import add_parser, build_service, parse_adapters
-from lorakit.serve.app import create_app
+from lorakit.serve.app import create_app, serve
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +50,11 @@ def test_merge_needs_exactly_one_adapter_and_no_runtime_loading(model_dir, tmp_p
 
 def test_a_merged_server_serves_only_its_adapter_with_the_unmerged_output(model_dir, tmp_path):
     paths = make_adapters(tmp_path)
-    plain = build_service(parse("--model", str(model_dir), "--adapter", f"sql={paths['sql']}", "--device", "cpu"))
+    # fp32: merging rounds W + s·B·A once, which leaves greedy output unchanged; in bf16 it can change it.
+    plain = build_service(parse("--model", str(model_dir), "--adapter", f"sql={paths['sql']}", "--device", "cpu",
+                                "--dtype", "float32"))
     merged = build_service(parse("--model", str(model_dir), "--adapter", f"sql={paths['sql']}", "--merge",
-                                 "--served-model-name", "tiny"))
+                                 "--served-model-name", "tiny", "--dtype", "float32"))
     outputs = []
     for service in (plain, merged):
         with running_server(create_app(service)) as url:
@@ -63,3 +68,44 @@ def test_a_merged_server_serves_only_its_adapter_with_the_unmerged_output(model_
                 r = httpx.post(url + "/v1/load_lora_adapter", json={"lora_name": "e2e", "lora_path": "e2e"})
                 assert r.status_code == 400 and "--merge" in r.text
     assert outputs[0] == outputs[1]
+
+
+def test_auto_dtype_serves_a_llama_with_the_lean_bf16_forward_and_float32_keeps_transformers(model_dir):
+    auto = build_service(parse("--model", str(model_dir)))
+    assert auto.engine.lean is not None and next(auto.engine.model.parameters()).dtype == torch.bfloat16
+    fp32 = build_service(parse("--model", str(model_dir), "--dtype", "float32"))
+    assert fp32.engine.lean is None
+
+
+def test_serve_runs_the_engine_on_the_calling_thread_with_http_beside_it(model_dir, tmp_path):
+    paths = make_adapters(tmp_path)
+    service = build_service(parse("--model", str(model_dir), "--adapter", f"sql={paths['sql']}"))
+    stop, engine_threads = threading.Event(), []
+    real_step = service.engine.step
+
+    def step():
+        engine_threads.append(threading.current_thread().name)
+        real_step()
+
+    service.engine.step = step
+    port = free_port()
+    caller = threading.Thread(target=serve, args=(service, "127.0.0.1", port), name="caller",
+                              kwargs=dict(log_level="warning", until=stop.is_set))
+    caller.start()
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=3)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.05)
+        out = client.completions.create(model="sql", prompt="hi", max_tokens=4, temperature=0,
+                                        extra_body={"ignore_eos": True})
+        assert out.usage.completion_tokens == 4
+    finally:
+        stop.set()
+        caller.join(20)
+    assert not caller.is_alive() and set(engine_threads) == {"caller"}

@@ -1,4 +1,8 @@
-"""The batching engine: a request's output does not depend on what else is in the batch."""
+"""The batching engine: a request's output does not depend on what else is in the batch.
+
+The contracts that hold for both forwards run twice: the transformers forward on an fp32 model ("hf") and the
+lean bf16 forward ("lean", tests/serve/test_lean_llama.py has its own checks).
+"""
 
 from __future__ import annotations
 
@@ -21,12 +25,17 @@ def adapters(tmp_path_factory) -> dict[str, Path]:
     return make_adapters(tmp_path_factory.mktemp("adapters"))
 
 
-def engine_with(adapters: dict[str, Path], **kw) -> Engine:
-    model = tiny_model()
+def engine_with(adapters: dict[str, Path], forward: str = "hf", **kw) -> Engine:
+    model = tiny_model() if forward == "hf" else tiny_model().to(torch.bfloat16)
     pool = AdapterPool(model, next(iter(adapters.values())).parent)
     for name, path in adapters.items():
         pool.add(name, path)
-    return Engine(model, tiny_tokenizer(), pool, **kw)
+    engine = Engine(model, tiny_tokenizer(), pool, **kw)
+    assert (engine.lean is not None) == (forward == "lean")  # bf16 Llama on the CPU picks the lean forward
+    return engine
+
+
+both = pytest.mark.parametrize("forward", ["hf", "lean"])
 
 
 Job = tuple[str, str | None, SamplingParams]
@@ -59,16 +68,18 @@ JOBS = [
 ]
 
 
-def test_greedy_output_is_identical_alone_and_in_a_busy_mixed_batch(adapters):
-    engine = engine_with(adapters)
+@both
+def test_greedy_output_is_identical_alone_and_in_a_busy_mixed_batch(adapters, forward):
+    engine = engine_with(adapters, forward)
     alone = [run(engine, [job])[0] for job in JOBS]
     # Rows join while others decode (2 steps apart) and leave at different times: every join/leave path runs.
     staggered = run(engine, JOBS, steps_between=2)
-    together = run(engine, JOBS)  # all prompts prefilled in one left-padded forward pass
+    together = run(engine, JOBS)  # all prompts admitted in one step (hf: prefilled in one padded pass)
     for job, a, b, c in zip(JOBS, alone, staggered, together, strict=True):
         assert tokens(a) == tokens(b) == tokens(c), job
         assert "".join(e.text for e in a) == "".join(e.text for e in b) == "".join(e.text for e in c)
     assert not engine.running and engine.batch.rows == 0
+    assert engine.lean is None or not any(engine.lean.lengths)  # every cache slot was given back
 
 
 def test_engine_output_equals_transformers_generate_with_the_adapter_active(adapters):
@@ -93,8 +104,9 @@ def test_an_adapter_changes_the_output_and_the_base_model_ignores_adapters(adapt
     assert outs[None] == base[0, ids.shape[1]:].tolist()
 
 
-def test_a_stop_string_ends_the_output_and_is_not_returned(adapters):
-    engine = engine_with(adapters)
+@both
+def test_a_stop_string_ends_the_output_and_is_not_returned(adapters, forward):
+    engine = engine_with(adapters, forward)
     full = "".join(e.text for e in run(engine, [("stop here", "sql", GREEDY)])[0])
     stop = full[5:7]
     events = run(engine, [("stop here", "sql", SamplingParams(max_tokens=12, temperature=0, stop=(stop,)))])[0]
@@ -102,8 +114,9 @@ def test_a_stop_string_ends_the_output_and_is_not_returned(adapters):
     assert events[-1].finish_reason == "stop"
 
 
-def test_a_cancelled_request_leaves_the_batch_and_the_others_are_unaffected(adapters):
-    engine = engine_with(adapters)
+@both
+def test_a_cancelled_request_leaves_the_batch_and_the_others_are_unaffected(adapters, forward):
+    engine = engine_with(adapters, forward)
     alone = tokens(run(engine, [JOBS[0]])[0])
     events: list[Event] = []
     victim = engine.submit([5, 6, 7], "e2e", SamplingParams(max_tokens=50, temperature=0), events.append)
@@ -119,8 +132,9 @@ def test_a_cancelled_request_leaves_the_batch_and_the_others_are_unaffected(adap
     assert not engine.pool.in_use
 
 
-def test_reloading_a_name_serves_new_weights_while_running_requests_finish_on_the_old(adapters, tmp_path):
-    engine = engine_with(adapters)
+@both
+def test_reloading_a_name_serves_new_weights_while_running_requests_finish_on_the_old(adapters, tmp_path, forward):
+    engine = engine_with(adapters, forward)
     before = tokens(run(engine, [("reload", "sql", GREEDY)])[0])
     running: list[Event] = []
     engine.submit(engine.tokenizer.encode("reload"), "sql", GREEDY, running.append)
@@ -143,17 +157,20 @@ def test_merge_mode_gives_the_same_output_as_the_unmerged_adapter(adapters):
     assert tokens(run(engine, [("merge me", "sql", GREEDY)])[0]) == unmerged
 
 
-def test_a_request_stops_at_the_context_length(adapters):
-    engine = engine_with(adapters, max_context=20)
+@both
+def test_a_request_stops_at_the_context_length(adapters, forward):
+    engine = engine_with(adapters, forward, max_context=20)
     events = run(engine, [("0123456789", "sql", SamplingParams(max_tokens=50, temperature=0, ignore_eos=True))])[0]
     assert events[-1].finish_reason == "length" and events[-1].completion_tokens == 10
 
 
-def test_a_failing_step_fails_the_requests_in_flight_and_the_engine_keeps_serving(adapters, monkeypatch):
+@both
+def test_a_failing_step_fails_the_requests_in_flight_and_the_engine_keeps_serving(adapters, monkeypatch, forward):
     import threading
 
-    engine = engine_with(adapters)
-    real = engine._forward
+    engine = engine_with(adapters, forward)
+    owner, attr = (engine, "_forward") if forward == "hf" else (engine.lean, "prefill")
+    real = getattr(owner, attr)
 
     def broken(*args, **kw):
         raise RuntimeError("out of memory (simulated)")
@@ -167,10 +184,10 @@ def test_a_failing_step_fails_the_requests_in_flight_and_the_engine_keeps_servin
 
     engine.start()
     try:
-        monkeypatch.setattr(engine, "_forward", broken)
+        monkeypatch.setattr(owner, attr, broken)
         failed = collect("sql")
         assert failed[-1].finish_reason == "error" and "out of memory" in failed[-1].error
-        monkeypatch.setattr(engine, "_forward", real)
+        monkeypatch.setattr(owner, attr, real)
         assert collect("sql")[-1].finish_reason == "length"
         assert not engine.pool.in_use
     finally:

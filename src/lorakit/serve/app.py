@@ -6,6 +6,7 @@ Routes only: every decision about models, prompts and limits is the Service's.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -28,11 +29,14 @@ OPEN_PATHS = {"/health", "/", "/static/index.html"}
 """Reachable without the API key: the health check, and the page, which holds no data and asks for the key."""
 
 
-def create_app(service: Service, api_key: str | None = None) -> FastAPI:
-    """The server's ASGI app; its lifespan starts and stops the engine's thread."""
+def create_app(service: Service, api_key: str | None = None, start_engine: bool = True) -> FastAPI:
+    """The server's ASGI app; with start_engine its lifespan starts and stops the engine on a thread."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        if not start_engine:
+            yield
+            return
         service.engine.start()
         try:
             yield
@@ -132,3 +136,25 @@ class ApiKeyCheck:
         response = JSONResponse(error_body(401, "missing or wrong API key: send 'Authorization: Bearer <key>'"),
                                 status_code=401)
         await response(scope, receive, send)
+
+
+def serve(service: Service, host: str, port: int, api_key: str | None = None, log_level: str = "info",
+          until: Callable[[], bool] | None = None) -> None:
+    """Serve HTTP (uvicorn) on a background thread and run the engine on this one, until Ctrl-C, the server
+    stops or `until()` is true. The engine belongs on the thread that loaded the model: see Engine.run."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(create_app(service, api_key, start_engine=False), host=host, port=port,
+                                           log_level=log_level))
+    http = threading.Thread(target=server.run, name="lorakit-http", daemon=True)
+    http.start()
+    try:
+        service.engine.run(until=lambda: not http.is_alive() or (until is not None and until()))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.should_exit = True
+        http.join(timeout=30)
+        service.engine.stop()

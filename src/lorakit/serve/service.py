@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 
@@ -154,11 +156,11 @@ class Service:
     async def _events(self, adapter: str | None, jobs: list[tuple[list[int], SamplingParams]]
                       ) -> AsyncIterator[tuple[int, Event]]:
         """(choice index, event) as the engine produces them; leaving early (a disconnect) cancels every job."""
-        loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        mailbox = self._mailbox(asyncio.get_running_loop())
 
         def listener(i: int) -> Callable[[Event], None]:
-            return lambda event: loop.call_soon_threadsafe(queue.put_nowait, (i, event))
+            return lambda event: mailbox.put(queue, (i, event))
 
         requests = [self.engine.submit(p, adapter, params, listener(i)) for i, (p, params) in enumerate(jobs)]
         try:
@@ -170,6 +172,11 @@ class Service:
         finally:
             for r in requests:
                 self.engine.cancel(r)
+
+    def _mailbox(self, loop: asyncio.AbstractEventLoop) -> Mailbox:
+        if getattr(self, "_box", None) is None or self._box.loop is not loop:
+            self._box = Mailbox(loop)
+        return self._box
 
     async def _sse(self, rid, req, adapter, jobs, kind, prompt_tokens, chunk, opening=False) -> AsyncIterator[str]:
         if opening:
@@ -207,6 +214,40 @@ class Service:
         if errors:
             raise ServeError(500, errors[0])
         return build(rid, req.model, texts, finals, prompt_tokens)
+
+
+class Mailbox:
+    """Hands the engine thread's events to the event loop, waking the loop once per burst instead of per event.
+
+    A decode step emits one event per running row; waking the loop for each (call_soon_threadsafe) made the loop
+    thread contend with the engine for the GIL and the two cores several times per step.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.items: deque[tuple[asyncio.Queue, object]] = deque()
+        self.lock = threading.Lock()
+        self.scheduled = False
+
+    def put(self, queue: asyncio.Queue, item: object) -> None:
+        with self.lock:
+            self.items.append((queue, item))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the loop is closed: its listeners are gone; the engine cancels the request
+            with self.lock:
+                self.scheduled = False
+            raise
+
+    def _deliver(self) -> None:
+        with self.lock:
+            items, self.items = self.items, deque()
+            self.scheduled = False
+        for queue, item in items:
+            queue.put_nowait(item)
 
 
 def _card(name: str, root: str, parent: str | None, ctx: int) -> dict:

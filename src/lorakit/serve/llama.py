@@ -1,0 +1,386 @@
+"""A lean bf16 forward for Llama-family models on CPU whose greedy output does not depend on the batch.
+
+Why not the transformers forward: in bf16 its rows depend on the rest of the batch (the shared, left-padded
+KV cache changes each row's attention reductions, and small fp32 LoRA GEMMs round differently for different row
+counts), so a request's greedy answer could change with the traffic around it. Here every op a decode row goes
+through gives bit-identical results whatever else is in the batch (each checked in tests/serve/test_lean_llama.py):
+- base weights are prepacked for oneDNN (`torch.ops.mkldnn`, what torch.compile's CPU backend uses), 1.5x faster
+  over SmolLM2's weights than `F.linear`, which re-lays out the weight on every call. oneDNN picks its kernel by
+  the number of rows, and a row's bf16 result changes with the kernel (above 32 to 43 rows on SmolLM2's shapes,
+  above 21 on a 264x32 head; bench/lean_products.py). So every product takes exactly ROWS rows, the batch padded
+  with idle rows: one kernel for every row of every step. Padding 8 rows to 32 costs 11% of the products here
+  (they are bound by reading the weights, not by arithmetic);
+- each request owns a slot of the KV cache and attends over its own keys only, rounded up to a bucket of 64 with
+  the rest masked (the bucket depends on the row's length alone), so rows of similar length share one call;
+- LoRA runs in fp32 with each row's own factors: x·Aᵀ as an elementwise product summed over the input (an fp32
+  `bmm` over rows changes with the row count here, the elementwise sum does not), then a `bmm` by s·Bᵀ per row,
+  rows grouped by rank so no row is padded to another adapter's rank;
+- a prompt is prefilled alone, so its first token never depends on the batch either.
+
+Supports LlamaForCausalLM without attention or MLP biases (SmolLM2, TinyLlama, Llama 2/3) and LoRA on its seven
+projections. Adapters must not touch other modules (embeddings, the head, modules_to_save) or use DoRA.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lorakit.core.errors import AdapterError
+from lorakit.core.inject import wrappers
+from lorakit.core.layers import MAGNITUDE, LoraLinear
+from lorakit.core.state import ATTR
+
+ROWS = 32  # rows in every decode-step product: the batch is padded (or split) to multiples of this
+BUCKET = 64  # a decode row attends over its key count rounded up to this (masked), so rows batch by width
+ATTN = ("q_proj", "k_proj", "v_proj")
+MLP = ("gate_proj", "up_proj")
+PRODUCTS = {"qkv": ATTN, "o": ("o_proj",), "gate_up": MLP, "down": ("down_proj",)}
+TARGETS = tuple(t for targets in PRODUCTS.values() for t in targets)
+# One fused product's LoRA for rows whose adapters have the same ranks there: (row indices, or None for rows
+# 0..n-1; A of every adapted target stacked, (n, Σr, in); [(output start, end, rank start, end, s·Bᵀ (n, r, out))]).
+Group = tuple[torch.Tensor | None, torch.Tensor, list[tuple[int, int | None, int, int, torch.Tensor]]]
+
+
+def unsupported(model: nn.Module) -> str | None:
+    """Why the lean forward cannot run this model (None when it can)."""
+    cfg = getattr(model, "config", None)
+    if type(model).__name__ != "LlamaForCausalLM" or cfg is None:
+        return f"{type(model).__name__} is not a LlamaForCausalLM"
+    if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+        return "the model has attention or MLP biases"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"hidden_act is {cfg.hidden_act!r}, not 'silu'"
+    if next(model.parameters()).device.type != "cpu":
+        return "the model is not on the CPU"
+    return None
+
+
+class Packed:
+    """y = x·Wᵀ in bf16 with W prepacked for oneDNN (plain F.linear without it)."""
+
+    def __init__(self, weight: torch.Tensor):
+        w = weight.detach().to(torch.bfloat16).contiguous()
+        self.onednn = torch.backends.mkldnn.is_available()
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(w, ROWS) if self.onednn else w
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (k·ROWS, in) rows, multiplied ROWS at a time."""
+        if x.shape[0] == ROWS:
+            return self._product(x)
+        return torch.cat([self._product(x[i : i + ROWS]) for i in range(0, x.shape[0], ROWS)])
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        if self.onednn:
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
+        return F.linear(x, self.weight)
+
+
+class Block:
+    """One decoder layer's weights: q,k,v and gate,up fused into one product each."""
+
+    def __init__(self, layer: nn.Module):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.layer = layer
+        self.norm1 = _weight(layer.input_layernorm).to(torch.bfloat16)
+        self.norm2 = _weight(layer.post_attention_layernorm).to(torch.bfloat16)
+        self.qkv = Packed(torch.cat([_weight(getattr(attn, n)) for n in ATTN]))
+        self.o = Packed(_weight(attn.o_proj))
+        self.gate_up = Packed(torch.cat([_weight(getattr(mlp, n)) for n in MLP]))
+        self.down = Packed(_weight(mlp.down_proj))
+        q, k = _weight(attn.q_proj).shape[0], _weight(attn.k_proj).shape[0]
+        inter = _weight(mlp.gate_proj).shape[0]
+        # Where each projection's output sits in the fused outputs.
+        self.spans = {"q_proj": (0, q), "k_proj": (q, q + k), "v_proj": (q + k, q + 2 * k), "o_proj": (0, None),
+                      "gate_proj": (0, inter), "up_proj": (inter, 2 * inter), "down_proj": (0, None)}
+
+    def module(self, target: str) -> nn.Module:
+        return getattr(self.layer.self_attn if target in ATTN + ("o_proj",) else self.layer.mlp, target)
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    """The base model's weight of a module, also when lorakit has wrapped it (LoRA or modules_to_save)."""
+    module = getattr(module, "base_layer", None) or getattr(module, "original_module", None) or module
+    return module.weight.detach()
+
+
+class LeanLlama:
+    """Prefill and decode for requests in cache slots; LoRA per row by adapter name (None: the base model)."""
+
+    def __init__(self, model: nn.Module):
+        reason = unsupported(model)
+        if reason:
+            raise ValueError(f"the lean forward cannot run this model: {reason}")
+        cfg = model.config
+        self.model = model
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        self.eps = cfg.rms_norm_eps
+        self.context = cfg.max_position_embeddings
+        inner = model.model
+        self.rotary = inner.rotary_emb
+        with torch.no_grad():
+            self.embed = _weight(inner.embed_tokens).to(torch.bfloat16)
+            self.norm = _weight(inner.norm).to(torch.bfloat16)
+            self.blocks = [Block(layer) for layer in inner.layers]
+            self.head = Packed(_weight(model.lm_head))
+        self.known = {id(b.module(t)) for b in self.blocks for t in TARGETS}
+        self.keys: list[torch.Tensor] = []  # per layer (slots, kv_heads, capacity, head_dim)
+        self.values: list[torch.Tensor] = []
+        self.lengths: list[int] = []  # tokens in each slot's cache (0 for a free slot)
+        self.free: list[int] = []
+        self._factors: tuple | None = None  # (key, tables): see _tables
+
+    # ---- slots ----
+
+    def reset(self) -> None:
+        """Forget every slot and its cache."""
+        self.keys, self.values, self.lengths, self.free = [], [], [], []
+
+    def release(self, slot: int) -> None:
+        self.lengths[slot] = 0
+        self.free.append(slot)
+
+    def _slot(self, length: int) -> int:
+        """A free slot with room for `length` tokens, growing the cache if needed (doubling the slots)."""
+        if not self.free:
+            old = len(self.lengths)
+            self._grow(max(1, 2 * old), max(length, self._capacity()))
+            self.free = list(range(old, len(self.lengths)))
+        elif length > self._capacity():
+            self._grow(len(self.lengths), length)
+        return self.free.pop(0)
+
+    def _capacity(self) -> int:
+        return self.keys[0].shape[2] if self.keys else 0
+
+    def _grow(self, slots: int, capacity: int) -> None:
+        """Reallocate every layer's cache to (slots, capacity); a capacity that must grow at least doubles (so
+        long generations copy the cache O(log n) times), up to the model's context."""
+        old = self._capacity()
+        if capacity > old:
+            capacity = _bucket(min(max(capacity, 2 * old), max(capacity, self.context)))
+        capacity = max(capacity, old)
+        old_slots, old_cap = len(self.lengths), self._capacity()
+        shape = (slots, self.kv_heads, capacity, self.head_dim)
+        for store in (self.keys, self.values):
+            for i in range(len(self.blocks)):
+                new = torch.zeros(shape, dtype=torch.bfloat16)
+                if store and old_slots:
+                    new[:old_slots, :, :old_cap] = store[i]
+                if len(store) < len(self.blocks):
+                    store.append(new)
+                else:
+                    store[i] = new
+        self.lengths += [0] * (slots - old_slots)
+
+    # ---- adapters ----
+
+    def check(self, key: str) -> None:
+        """AdapterError if adapter `key` adapts anything the lean forward does not apply."""
+        for path, module in wrappers(self.model):
+            if id(module) in self.known:
+                if key in getattr(module, MAGNITUDE, {}):
+                    raise AdapterError(f"adapter uses DoRA at {path}, which the bf16 lean engine does not apply; "
+                                       f"serve it with --dtype float32")
+                continue
+            if key in getattr(module, "lora_A", {}) or key in getattr(module, "copies", {}):
+                raise AdapterError(f"adapter changes {path}, which the bf16 lean engine does not apply (it adapts "
+                                   f"only {', '.join(TARGETS)}); serve it with --dtype float32")
+
+    def _tables(self, names: list[str | None]) -> list[dict[str, list[Group]]]:
+        """Per layer: fused product -> the LoRA groups of the rows (see Group), rows grouped by the ranks their
+        adapter has there. Built once per choice of rows (a decode step reuses its predecessor's)."""
+        state = getattr(self.model, ATTR, None)
+        key = (state.version if state else -1, tuple(names))
+        if self._factors is not None and self._factors[0] == key:
+            return self._factors[1]
+        tables = []
+        for block in self.blocks:
+            table = {}
+            for product, targets in PRODUCTS.items():
+                modules = [(t, block.module(t)) for t in targets]
+                adapted = [(t, m) for t, m in modules if isinstance(m, LoraLinear)]
+                by_shape: dict[tuple, list[int]] = {}
+                for row, name in enumerate(names):
+                    shape = tuple((t, m.lora_A[name].shape[0]) for t, m in adapted if name in m.lora_A)
+                    if name is not None and shape:
+                        by_shape.setdefault(shape, []).append(row)
+                groups = [self._group(block, dict(adapted), shape, rows, [names[r] for r in rows], len(names))
+                          for shape, rows in by_shape.items()]
+                if groups:
+                    table[product] = groups
+            tables.append(table)
+        self._factors = (key, tables)
+        return tables
+
+    @staticmethod
+    def _group(block: Block, modules: dict[str, LoraLinear], shape: tuple, rows: list[int], names: list[str],
+               total: int) -> Group:
+        a = torch.stack([torch.cat([modules[t].lora_A[n].detach().float() for t, _ in shape]) for n in names])
+        parts, r0 = [], 0
+        for target, rank in shape:
+            m = modules[target]
+            bt = torch.stack([m.lora_B[n].detach().float().t() * m.scaling[n] for n in names])
+            parts.append((*block.spans[target], r0, r0 + rank, bt.contiguous()))
+            r0 += rank
+        return (None if len(rows) == total else torch.tensor(rows)), a, parts
+
+    # ---- forward ----
+
+    @torch.inference_mode()
+    def prefill(self, prompts: list[list[int]], names: list[str | None]) -> tuple[list[int], torch.Tensor]:
+        """Prefill prompts into new slots, their tokens packed into one batch: (slots, (n, vocab) fp32 logits).
+
+        Each prompt's result is the same as when it is prefilled alone: its rows go through the same ROWS-row
+        products as any others, its LoRA products and its causal attention see only its own tokens."""
+        sizes = [len(p) for p in prompts]
+        slots = [self._slot(n) for n in sizes]
+        ends = torch.tensor(sizes).cumsum(0).tolist()
+        spans = [(end - n, end) for n, end in zip(sizes, ends, strict=True)]
+        total = ends[-1]
+        padded = -(-total // ROWS) * ROWS
+        tables = self._tables(names)
+        ids = [t for p in prompts for t in p] + [0] * (padded - total)
+        positions = torch.cat([torch.arange(n) for n in sizes] + [torch.zeros(padded - total, dtype=torch.long)])
+        h = self.embed[torch.tensor(ids)]  # (P, C)
+        cos, sin = self.rotary(h, positions[None])  # (1, P, D)
+        cos, sin = cos[0, :, None], sin[0, :, None]  # (P, 1, D)
+        hd, nq, nkv = self.head_dim, self.heads, self.kv_heads
+        for i, block in enumerate(self.blocks):
+            qkv = self._project(block.qkv, self._rms(h, block.norm1), tables[i].get("qkv"), spans)
+            qk = _rotate(qkv[:, : (nq + nkv) * hd].view(padded, nq + nkv, hd), cos, sin)
+            v = qkv[:, (nq + nkv) * hd :].view(padded, nkv, hd)
+            out = h.new_zeros(padded, nq * hd)
+            for slot, (start, end) in zip(slots, spans, strict=True):
+                mine = qk[start:end].transpose(0, 1)  # (H+KV, T, D)
+                self.keys[i][slot, :, : end - start] = mine[nq:]
+                self.values[i][slot, :, : end - start] = v[start:end].transpose(0, 1)
+                got = F.scaled_dot_product_attention(mine[None, :nq], mine[None, nq:],
+                                                     v[None, start:end].transpose(1, 2), is_causal=True,
+                                                     enable_gqa=True)
+                out[start:end] = got[0].transpose(0, 1).reshape(end - start, -1)
+            h = self._block_rest(block, tables[i], h, out, spans)
+        for slot, n in zip(slots, sizes, strict=True):
+            self.lengths[slot] = n
+        last = h.index_select(0, torch.tensor([end - 1 for end in ends]))
+        return slots, self._head(last)
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        """(n, vocab) fp32 logits for n final hidden states, through ROWS-row products like every other row."""
+        n = h.shape[0]
+        rows = torch.cat([h, h.new_zeros(-(-n // ROWS) * ROWS - n, h.shape[1])])
+        return self.head(self._rms(rows, self.norm))[:n].float()
+
+    @torch.inference_mode()
+    def decode(self, slots: list[int], tokens: list[int], names: list[str | None]) -> torch.Tensor:
+        """One token for each slot: (rows, vocab) fp32 logits. Every row's result is independent of the others."""
+        b = len(slots)
+        top = max(self.lengths[s] for s in slots) + 1
+        if _bucket(top) > self._capacity():
+            self._grow(len(self.lengths), _bucket(top))
+        tables = self._tables(names)
+        padded = -(-b // ROWS) * ROWS  # idle rows (token 0 at position 0) fill the batch to a multiple of ROWS
+        positions = torch.tensor([self.lengths[s] for s in slots] + [0] * (padded - b))
+        h = self.embed[torch.tensor(list(tokens) + [0] * (padded - b))]  # (P, C)
+        cos, sin = self.rotary(h, positions[:, None])  # (P, 1, D): one position per row
+        cos, sin, at = cos[:b], sin[:b], positions[:b]
+        index = torch.tensor(slots)
+        attention = self._attention_groups(slots)
+        hd, nq, nkv = self.head_dim, self.heads, self.kv_heads
+        idle = h.new_zeros(padded - b, nq * hd)
+        for i, block in enumerate(self.blocks):
+            qkv = self._project(block.qkv, self._rms(h, block.norm1), tables[i].get("qkv"))
+            qk = _rotate(qkv[:b, : (nq + nkv) * hd].view(b, nq + nkv, hd), cos, sin)
+            self.keys[i][index, :, at] = qk[:, nq:]
+            self.values[i][index, :, at] = qkv[:b, (nq + nkv) * hd :].view(b, nkv, hd)
+            # The query heads sharing a KV head act as that head's queries: (rows, kv_heads, groups, D).
+            q = qk[:, :nq].reshape(b, nkv, nq // nkv, hd)
+            out = q.new_empty(b, nq * hd)
+            for rows, cached, width, mask in attention:
+                keys, values = (s[i][:, :, :width] for s in (self.keys, self.values))
+                if cached is not None:
+                    keys, values = keys.index_select(0, cached), values.index_select(0, cached)
+                else:
+                    keys, values = keys[: len(slots)], values[: len(slots)]
+                got = F.scaled_dot_product_attention(q if rows is None else q.index_select(0, rows), keys, values,
+                                                     attn_mask=mask).reshape(-1, nq * hd)
+                if rows is None:
+                    out = got
+                else:
+                    out[rows] = got
+            h = self._block_rest(block, tables[i], h, torch.cat([out, idle]))
+        for s in slots:
+            self.lengths[s] += 1
+        return self.head(self._rms(h, self.norm))[:b].float()
+
+    def _attention_groups(self, slots: list[int]) -> list[tuple]:
+        """Rows grouped by their key count rounded up to BUCKET: (rows or None for all, cache slots to gather or
+        None when the rows are slots 0..n-1 in order, width, (n, 1, 1, width) mask of each row's own keys).
+
+        A row attends over `width` cached keys with the ones past its own masked out; width depends only on the
+        row's length, so it computes the same alone as in any batch (masked keys add exact zeros)."""
+        by_width: dict[int, list[int]] = {}
+        for row, s in enumerate(slots):
+            by_width.setdefault(_bucket(self.lengths[s] + 1), []).append(row)
+        groups = []
+        for width, rows in by_width.items():
+            counts = torch.tensor([self.lengths[slots[r]] + 1 for r in rows])
+            mask = (torch.arange(width)[None, :] < counts[:, None])[:, None, None, :]
+            chosen = [slots[r] for r in rows]
+            cached = None if chosen == list(range(len(chosen))) and len(rows) == len(slots) else torch.tensor(chosen)
+            groups.append((None if len(rows) == len(slots) else torch.tensor(rows), cached, width, mask))
+        return groups
+
+    def _block_rest(self, block: Block, table: dict, h: torch.Tensor, attn: torch.Tensor,
+                    spans: list[tuple[int, int]] | None = None) -> torch.Tensor:
+        """Output projection and MLP with their residuals: h + o(attn), then + down(silu(gate)·up)."""
+        h = h + self._project(block.o, attn, table.get("o"), spans)
+        gate, up = self._project(block.gate_up, self._rms(h, block.norm2), table.get("gate_up"), spans).chunk(2, -1)
+        return h + self._project(block.down, F.silu(gate) * up, table.get("down"), spans)
+
+    def _rms(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """LlamaRMSNorm: normalize in fp32, cast back, scale (F.rms_norm gives its fp32 result bit for bit)."""
+        return weight * F.rms_norm(h.float(), (h.shape[-1],), eps=self.eps).to(torch.bfloat16)
+
+    @staticmethod
+    def _project(packed: Packed, x: torch.Tensor, groups: list[Group] | None,
+                 spans: list[tuple[int, int]] | None = None) -> torch.Tensor:
+        """The fused base product plus each LoRA group's update on its targets' spans of the output.
+
+        A decode step (no spans): row i is request i's token (rows past the requests are idle) and uses its own
+        factors with the batch-invariant formulation (module docstring). A prefill: request i's tokens are rows
+        spans[i], multiplied by its factors in fp32 products of exactly its own rows, as when it runs alone.
+        """
+        y = packed(x)
+        for rows, a, parts in groups or ():
+            n = a.shape[0]
+            members = range(n) if rows is None else rows.tolist()
+            if spans is not None:
+                for j, request in enumerate(members):
+                    start, end = spans[request]
+                    t = x[start:end].float() @ a[j].t()  # (T, Σr)
+                    for lo, hi, r0, r1, bt in parts:
+                        y[start:end, lo:hi] = (y[start:end, lo:hi].float() + t[:, r0:r1] @ bt[j]).to(y.dtype)
+                continue
+            xs = (x[:n] if rows is None else x.index_select(0, rows)).float()
+            t = (xs[:, None, :] * a).sum(-1)  # (n, Σr): a sum over `in` per row
+            for lo, hi, r0, r1, bt in parts:
+                delta = torch.bmm(t[:, None, r0:r1], bt)[:, 0]  # (n, out)
+                if rows is None:
+                    y[:n, lo:hi] = (y[:n, lo:hi].float() + delta).to(y.dtype)
+                else:
+                    y[rows, lo:hi] = (y[rows, lo:hi].float() + delta).to(y.dtype)
+        return y
+
+
+def _bucket(keys: int) -> int:
+    return -(-keys // BUCKET) * BUCKET
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE as transformers applies it: x·cos + rotate_half(x)·sin."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin

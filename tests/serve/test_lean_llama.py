@@ -1,0 +1,141 @@
+"""The lean bf16 forward: the transformers model's numbers, and rows that never depend on the rest of the batch."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from serve_support import save_adapter, tiny_model, tiny_tokenizer
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import lorakit
+from lorakit.serve.engine import Engine, Event
+from lorakit.serve.llama import LeanLlama, unsupported
+from lorakit.serve.pool import AdapterPool
+from lorakit.serve.sampling import SamplingParams
+
+
+def adapted_model() -> torch.nn.Module:
+    """tiny_model in bf16 with two adapters of different ranks and targets (random non-zero B)."""
+    model = tiny_model().to(torch.bfloat16)
+    lorakit.inject(model, lorakit.LoraConfig(rank=4, alpha=8, targets=("q_proj", "v_proj", "down_proj")), "a")
+    lorakit.inject(model, lorakit.LoraConfig(rank=8, alpha=8, targets=("q_proj", "o_proj", "gate_proj")), "b")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model
+
+
+def hf_logits(model, ids: list[int], adapter: str | None) -> torch.Tensor:
+    with torch.no_grad(), lorakit.adapter_rows(model, [adapter]):
+        return model(torch.tensor([ids])).logits[0, -1].float()
+
+
+def test_the_lean_forward_gives_the_transformers_logits():
+    model = adapted_model()
+    lean = LeanLlama(model)
+    prompt = [5, 9, 17, 3, 44, 2, 90, 61]
+    for adapter in (None, "a", "b"):
+        (slot,), first = lean.prefill([prompt], [adapter])
+        token = int(first[0].argmax())
+        second = lean.decode([slot], [token], [adapter])[0]
+        lean.release(slot)
+        # The same bf16 model up to summation order (products of 32 rows, a decode step's masked bucket of 64
+        # keys) and, with an adapter, LoRA in fp32 here against bf16 in the transformers model.
+        torch.testing.assert_close(first[0], hf_logits(model, prompt, adapter), atol=2e-2, rtol=0)
+        torch.testing.assert_close(second, hf_logits(model, prompt + [token], adapter), atol=2e-2, rtol=0)
+
+
+def test_every_row_is_bit_identical_alone_and_in_any_batch():
+    """40 rows (more than one product takes), three adapter choices of different ranks, prompts of 1 to 80
+    tokens (two attention widths) prefilled alone and packed together, rows in another order than their cache
+    slots, slots reused."""
+    model = adapted_model()
+    lean = LeanLlama(model)
+    rng = random.Random(0)
+    jobs = [([rng.randrange(5, 260) for _ in range(rng.randrange(1, 30 if i % 5 else 80))], (None, "a", "b")[i % 3])
+            for i in range(40)]
+    steps = 5
+
+    def alone(prompt: list[int], adapter: str | None) -> list[torch.Tensor]:
+        (slot,), logits = lean.prefill([prompt], [adapter])
+        out = [logits[0]]
+        for _ in range(steps):
+            out.append(lean.decode([slot], [int(out[-1].argmax())], [adapter])[0])
+        lean.release(slot)
+        return out
+
+    expected = [alone(*job) for job in jobs]
+    slots, got = [], []
+    order = list(range(len(jobs)))
+    rng.shuffle(order)
+    for k in range(0, len(order), 7):  # packed 7 prompts at a time, in shuffled order: row i's slot is not i
+        chosen = [jobs[i] for i in order[k : k + 7]]
+        new, logits = lean.prefill([p for p, _ in chosen], [a for _, a in chosen])
+        slots += new
+        got += [[row] for row in logits]
+    jobs = [jobs[i] for i in order]
+    expected = [expected[i] for i in order]
+    for _ in range(steps):
+        logits = lean.decode(slots, [int(g[-1].argmax()) for g in got], [a for _, a in jobs])
+        for g, row in zip(got, logits, strict=True):
+            g.append(row)
+    for i, (e, g) in enumerate(zip(expected, got, strict=True)):
+        assert all(torch.equal(x, y) for x, y in zip(e, g, strict=True)), f"row {i} {jobs[i][1]} differs"
+
+
+def test_the_cache_grows_under_running_rows_without_changing_them():
+    model = adapted_model()
+    lean = LeanLlama(model)
+    (short,), _ = lean.prefill([[7, 8, 9]], ["a"])
+    before = lean.keys[0][short, :, :3].clone()
+    (long,), _ = lean.prefill([list(range(5, 85))], ["b"])  # past the first 64-token capacity: every layer reallocated
+    assert lean.keys[0].shape[2] >= 80 and torch.equal(lean.keys[0][short, :, :3], before)
+    assert lean.lengths[short] == 3 and lean.lengths[long] == 80
+
+
+def test_only_bf16_llama_models_on_the_cpu_take_the_lean_forward(tmp_path):
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=300)).to(torch.bfloat16)
+    assert "LlamaForCausalLM" in unsupported(gpt2)
+    with pytest.raises(ValueError, match="cannot run this model"):
+        LeanLlama(gpt2)
+    fp32 = tiny_model()
+    assert Engine(fp32, tiny_tokenizer(), AdapterPool(fp32)).lean is None
+    bf16 = tiny_model().to(torch.bfloat16)
+    assert Engine(bf16, tiny_tokenizer(), AdapterPool(bf16)).lean is not None
+    assert Engine(bf16, tiny_tokenizer(), AdapterPool(bf16), lean=False).lean is None
+
+
+@pytest.mark.parametrize("config, problem", [
+    (lorakit.LoraConfig(rank=4, targets=("q_proj", "embed_tokens")), "model.embed_tokens"),
+    (lorakit.LoraConfig(rank=4, targets=("v_proj",), modules_to_save=("lm_head",)), "lm_head"),
+])
+def test_an_adapter_the_lean_forward_cannot_apply_is_an_error_naming_the_module(tmp_path, config, problem):
+    path = save_adapter(tmp_path / "odd", config, seed=3)
+    model = tiny_model().to(torch.bfloat16)
+    pool = AdapterPool(model, tmp_path)
+    pool.add("odd", path)
+    engine = Engine(model, tiny_tokenizer(), pool)
+    events: list[Event] = []
+    engine.submit([5, 6, 7], "odd", SamplingParams(max_tokens=4, temperature=0), events.append)
+    engine.run_until_idle()
+    assert events[-1].finish_reason == "error"
+    assert problem in events[-1].error and "--dtype float32" in events[-1].error
+    assert not engine.pool.in_use  # the refused request gave its adapter back
+
+
+def test_a_lean_engine_built_after_a_merge_serves_the_merged_weights(tmp_path):
+    path = save_adapter(tmp_path / "m", lorakit.LoraConfig(rank=4, targets="all-linear"), seed=5)
+    model = tiny_model().to(torch.bfloat16)
+    pool = AdapterPool(model, tmp_path)
+    key = pool.add("m", path).key
+    prompt = [[5, 6, 7, 8, 9]]
+    _, unmerged = Engine(model, tiny_tokenizer(), pool).lean.prefill(prompt, [key])
+    _, base = LeanLlama(tiny_model().to(torch.bfloat16)).prefill(prompt, [None])
+    lorakit.merge(model, key)
+    _, merged = Engine(model, tiny_tokenizer(), pool, merged="m").lean.prefill(prompt, [None])
+    torch.testing.assert_close(merged, unmerged, atol=5e-2, rtol=0)  # bf16 weights rounded once after merging
+    assert (merged - base).abs().max() > 0.2  # and the adapter is really in them
