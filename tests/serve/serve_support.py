@@ -116,10 +116,12 @@ class Served:
 
 
 @contextmanager
-def tiny_server(root: Path, api_key: str | None = None, base_name: str = "tiny") -> Iterator[Served]:
-    """A server for tiny_model with the make_adapters adapters (loadable at runtime from `root`)."""
+def tiny_server(root: Path, api_key: str | None = None, base_name: str = "tiny",
+                dtype: torch.dtype = torch.float32) -> Iterator[Served]:
+    """A server for tiny_model with the make_adapters adapters (loadable at runtime from `root`); bf16 serves
+    with the lean forward."""
     adapters = make_adapters(root)
-    model = tiny_model()
+    model = tiny_model().to(dtype)
     pool = AdapterPool(model, root)
     for name in ("sql", "e2e"):
         pool.add(name, adapters[name], trusted=True)

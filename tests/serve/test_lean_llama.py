@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import random
 
+import openai
 import pytest
 import torch
-from serve_support import save_adapter, tiny_model, tiny_tokenizer
+from serve_support import save_adapter, tiny_model, tiny_server, tiny_tokenizer
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import lorakit
@@ -139,3 +141,19 @@ def test_a_lean_engine_built_after_a_merge_serves_the_merged_weights(tmp_path):
     _, merged = Engine(model, tiny_tokenizer(), pool, merged="m").lean.prefill(prompt, [None])
     torch.testing.assert_close(merged, unmerged, atol=5e-2, rtol=0)  # bf16 weights rounded once after merging
     assert (merged - base).abs().max() > 0.2  # and the adapter is really in them
+
+
+def test_concurrent_mixed_requests_to_a_bf16_server_match_their_solo_runs(tmp_path):
+    with tiny_server(tmp_path, dtype=torch.bfloat16) as served:
+        assert served.engine.lean is not None
+        client = openai.OpenAI(base_url=served.url + "/v1", api_key="x", max_retries=0)
+
+        def complete(model: str, prompt: str) -> str:
+            return client.completions.create(model=model, prompt=prompt, max_tokens=12, temperature=0,
+                                             extra_body={"ignore_eos": True}).choices[0].text
+
+        jobs = [("tiny", "one"), ("sql", "two two"), ("e2e", "three"), ("sql", "four"), ("tiny", "five five")] * 2
+        solo = [complete(*job) for job in jobs]
+        with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+            together = list(pool.map(lambda job: complete(*job), jobs))
+        assert together == solo
