@@ -157,3 +157,19 @@ def test_concurrent_mixed_requests_to_a_bf16_server_match_their_solo_runs(tmp_pa
         with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
             together = list(pool.map(lambda job: complete(*job), jobs))
         assert together == solo
+
+
+def test_an_adapter_loaded_after_the_engine_started_is_applied(tmp_path):
+    path = save_adapter(tmp_path / "late", lorakit.LoraConfig(rank=4, targets=("o_proj", "up_proj")), seed=9)
+    model = tiny_model().to(torch.bfloat16)
+    pool = AdapterPool(model, tmp_path)
+    engine = Engine(model, tiny_tokenizer(), pool)  # the lean forward is built before any module is wrapped
+    pool.add("late", path)
+    outputs = {}
+    for adapter in (None, "late"):
+        events: list[Event] = []
+        engine.submit([5, 6, 7], adapter, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True), events.append)
+        engine.run_until_idle()
+        assert events[-1].finish_reason == "length", events[-1].error
+        outputs[adapter] = [t for e in events for t in e.token_ids]
+    assert outputs["late"] != outputs[None]

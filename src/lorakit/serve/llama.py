@@ -15,7 +15,8 @@ through gives bit-identical results whatever else is in the batch (each checked 
 - LoRA runs in fp32 with each row's own factors: x·Aᵀ as an elementwise product summed over the input (an fp32
   `bmm` over rows changes with the row count here, the elementwise sum does not), then a `bmm` by s·Bᵀ per row,
   rows grouped by rank so no row is padded to another adapter's rank;
-- a prompt is prefilled alone, so its first token never depends on the batch either.
+- prompts joining together are prefilled packed into one batch, each through the same 32-row products and its
+  own causal attention and LoRA products, so a prompt's first token never depends on the batch either.
 
 Supports LlamaForCausalLM without attention or MLP biases (SmolLM2, TinyLlama, Llama 2/3) and LoRA on its seven
 projections. Adapters must not touch other modules (embeddings, the head, modules_to_save) or use DoRA.
@@ -32,7 +33,7 @@ from lorakit.core.inject import wrappers
 from lorakit.core.layers import MAGNITUDE, LoraLinear
 from lorakit.core.state import ATTR
 
-ROWS = 32  # rows in every decode-step product: the batch is padded (or split) to multiples of this
+ROWS = 32  # rows in every base-weight product: a step's or a prefill's rows are padded to multiples of this
 BUCKET = 64  # a decode row attends over its key count rounded up to this (masked), so rows batch by width
 ATTN = ("q_proj", "k_proj", "v_proj")
 MLP = ("gate_proj", "up_proj")
@@ -126,7 +127,9 @@ class LeanLlama:
             self.norm = _weight(inner.norm).to(torch.bfloat16)
             self.blocks = [Block(layer) for layer in inner.layers]
             self.head = Packed(_weight(model.lm_head))
-        self.known = {id(b.module(t)) for b in self.blocks for t in TARGETS}
+        # Module paths whose adapters this forward applies; by path, as adapters loaded later wrap new modules.
+        self.known = {f"model.layers.{i}.{'self_attn' if t in ATTN + ('o_proj',) else 'mlp'}.{t}"
+                      for i in range(len(self.blocks)) for t in TARGETS}
         self.keys: list[torch.Tensor] = []  # per layer (slots, kv_heads, capacity, head_dim)
         self.values: list[torch.Tensor] = []
         self.lengths: list[int] = []  # tokens in each slot's cache (0 for a free slot)
@@ -181,7 +184,7 @@ class LeanLlama:
     def check(self, key: str) -> None:
         """AdapterError if adapter `key` adapts anything the lean forward does not apply."""
         for path, module in wrappers(self.model):
-            if id(module) in self.known:
+            if path in self.known:
                 if key in getattr(module, MAGNITUDE, {}):
                     raise AdapterError(f"adapter uses DoRA at {path}, which the bf16 lean engine does not apply; "
                                        f"serve it with --dtype float32")
