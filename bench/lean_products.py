@@ -56,7 +56,7 @@ def main() -> int:
 
     def packed_pass(rows: int = 8) -> None:
         for w, p in zip(weights, packed, strict=True):
-            p._product(inputs[rows][w.shape[1]])
+            p.product(inputs[rows][w.shape[1]])
 
     out: dict = {"threads": torch.get_num_threads(),
                  "weights_mb": round(sum(w.numel() * 2 for w in weights) / 2**20, 1)}
@@ -76,8 +76,8 @@ def main() -> int:
     for name, shape in SHAPES.items():
         p = Packed(torch.randn(*shape, generator=g).to(torch.bfloat16) * 0.05)
         x = torch.randn(64, shape[1], generator=g).to(torch.bfloat16)
-        alone = torch.cat([p._product(x[i : i + 1]) for i in range(64)])
-        invariance[name] = [m for m in range(1, 65) if not torch.equal(p._product(x[:m]), alone[:m])]
+        alone = torch.cat([p.product(x[i : i + 1]) for i in range(64)])
+        invariance[name] = [m for m in range(1, 65) if not torch.equal(p.product(x[:m]), alone[:m])]
     out["invariance_rows_that_differ"] = {k: (f"{v[0]}..{v[-1]} ({len(v)} counts)" if v else "none")
                                           for k, v in invariance.items()}
 

@@ -288,17 +288,15 @@ class Engine:
             slots, logits = self.lean.prefill([s.prompt for s in rows], [s.key for s in rows])
             for seq, slot in zip(rows, slots, strict=True):
                 seq.slot = slot
-            self.running.extend(rows)
-            self._emit(rows, logits)
-            return
-        lengths = [len(s.prompt) for s in rows]
-        longest = max(lengths)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.tensor([[pad] * (longest - len(s.prompt)) + s.prompt for s in rows], device=self.device)
-        mask, positions = prefill_mask(lengths, longest, self.device, self._mask_dtype())
-        cache = DynamicCache()
-        logits = self._forward(rows, ids, mask, positions, cache)
-        self.batch.add(cache, lengths)
+        else:
+            lengths = [len(s.prompt) for s in rows]
+            longest = max(lengths)
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            ids = torch.tensor([[pad] * (longest - len(s.prompt)) + s.prompt for s in rows], device=self.device)
+            mask, positions = prefill_mask(lengths, longest, self.device, self._mask_dtype())
+            cache = DynamicCache()
+            logits = self._forward(rows, ids, mask, positions, cache)
+            self.batch.add(cache, lengths)
         self.running.extend(rows)
         self._emit(rows, logits)
 
@@ -311,14 +309,12 @@ class Engine:
         rows = self.running
         if self.lean is not None:
             logits = self.lean.decode([s.slot for s in rows], [s.output[-1] for s in rows], [s.key for s in rows])
-            self.metrics.observe_batch(len(rows))
-            self._emit(rows, logits)
-            return
-        ids = torch.tensor([[s.output[-1]] for s in rows], device=self.device)
-        mask = self.batch.step_mask()
-        positions = torch.tensor([[len(s.prompt) + len(s.output) - 1] for s in rows], device=self.device)
-        logits = self._forward(rows, ids, mask, positions, self.batch.cache)
-        self.batch.advance(mask)
+        else:
+            ids = torch.tensor([[s.output[-1]] for s in rows], device=self.device)
+            mask = self.batch.step_mask()
+            positions = torch.tensor([[len(s.prompt) + len(s.output) - 1] for s in rows], device=self.device)
+            logits = self._forward(rows, ids, mask, positions, self.batch.cache)
+            self.batch.advance(mask)
         self.metrics.observe_batch(len(rows))
         self._emit(rows, logits)
 

@@ -69,10 +69,11 @@ class Packed:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: (k·ROWS, in) rows, multiplied ROWS at a time."""
         if x.shape[0] == ROWS:
-            return self._product(x)
-        return torch.cat([self._product(x[i : i + ROWS]) for i in range(0, x.shape[0], ROWS)])
+            return self.product(x)
+        return torch.cat([self.product(x[i : i + ROWS]) for i in range(0, x.shape[0], ROWS)])
 
-    def _product(self, x: torch.Tensor) -> torch.Tensor:
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        """One product of any number of rows (the forward only ever passes ROWS)."""
         if self.onednn:
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
         return F.linear(x, self.weight)
@@ -165,19 +166,17 @@ class LeanLlama:
         old = self._capacity()
         if capacity > old:
             capacity = _bucket(min(max(capacity, 2 * old), max(capacity, self.context)))
-        capacity = max(capacity, old)
-        old_slots, old_cap = len(self.lengths), self._capacity()
-        shape = (slots, self.kv_heads, capacity, self.head_dim)
-        for store in (self.keys, self.values):
-            for i in range(len(self.blocks)):
-                new = torch.zeros(shape, dtype=torch.bfloat16)
-                if store and old_slots:
-                    new[:old_slots, :, :old_cap] = store[i]
-                if len(store) < len(self.blocks):
-                    store.append(new)
-                else:
-                    store[i] = new
-        self.lengths += [0] * (slots - old_slots)
+        shape = (slots, self.kv_heads, max(capacity, old), self.head_dim)
+
+        def grown(cache: torch.Tensor | None) -> torch.Tensor:
+            new = torch.zeros(shape, dtype=torch.bfloat16)
+            if cache is not None:
+                new[: cache.shape[0], :, :old] = cache
+            return new
+
+        self.keys = [grown(self.keys[i] if self.keys else None) for i in range(len(self.blocks))]
+        self.values = [grown(self.values[i] if self.values else None) for i in range(len(self.blocks))]
+        self.lengths += [0] * (slots - len(self.lengths))
 
     # ---- adapters ----
 
@@ -244,7 +243,7 @@ class LeanLlama:
         ends = torch.tensor(sizes).cumsum(0).tolist()
         spans = [(end - n, end) for n, end in zip(sizes, ends, strict=True)]
         total = ends[-1]
-        padded = -(-total // ROWS) * ROWS
+        padded = _padded(total)
         tables = self._tables(names)
         ids = [t for p in prompts for t in p] + [0] * (padded - total)
         positions = torch.cat([torch.arange(n) for n in sizes] + [torch.zeros(padded - total, dtype=torch.long)])
@@ -274,7 +273,7 @@ class LeanLlama:
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         """(n, vocab) fp32 logits for n final hidden states, through ROWS-row products like every other row."""
         n = h.shape[0]
-        rows = torch.cat([h, h.new_zeros(-(-n // ROWS) * ROWS - n, h.shape[1])])
+        rows = torch.cat([h, h.new_zeros(_padded(n) - n, h.shape[1])])
         return self.head(self._rms(rows, self.norm))[:n].float()
 
     @torch.inference_mode()
@@ -285,7 +284,7 @@ class LeanLlama:
         if _bucket(top) > self._capacity():
             self._grow(len(self.lengths), _bucket(top))
         tables = self._tables(names)
-        padded = -(-b // ROWS) * ROWS  # idle rows (token 0 at position 0) fill the batch to a multiple of ROWS
+        padded = _padded(b)  # idle rows (token 0 at position 0) fill the batch to a multiple of ROWS
         positions = torch.tensor([self.lengths[s] for s in slots] + [0] * (padded - b))
         h = self.embed[torch.tensor(list(tokens) + [0] * (padded - b))]  # (P, C)
         cos, sin = self.rotary(h, positions[:, None])  # (P, 1, D): one position per row
@@ -360,9 +359,8 @@ class LeanLlama:
         y = packed(x)
         for rows, a, parts in groups or ():
             n = a.shape[0]
-            members = range(n) if rows is None else rows.tolist()
             if spans is not None:
-                for j, request in enumerate(members):
+                for j, request in enumerate(range(n) if rows is None else rows.tolist()):
                     start, end = spans[request]
                     t = x[start:end].float() @ a[j].t()  # (T, Σr)
                     for lo, hi, r0, r1, bt in parts:
@@ -381,6 +379,11 @@ class LeanLlama:
 
 def _bucket(keys: int) -> int:
     return -(-keys // BUCKET) * BUCKET
+
+
+def _padded(rows: int) -> int:
+    """Rows rounded up to a multiple of ROWS (idle rows fill the rest)."""
+    return -(-rows // ROWS) * ROWS
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ class Service:
         self.tokenizer = engine.tokenizer
         self.base_name = base_name
         self.base_path = base_path or base_name
+        self._box: Mailbox | None = None
 
     # ---- models ----
 
@@ -174,7 +175,7 @@ class Service:
                 self.engine.cancel(r)
 
     def _mailbox(self, loop: asyncio.AbstractEventLoop) -> Mailbox:
-        if getattr(self, "_box", None) is None or self._box.loop is not loop:
+        if self._box is None or self._box.loop is not loop:
             self._box = Mailbox(loop)
         return self._box
 
