@@ -7,14 +7,15 @@ through gives bit-identical results whatever else is in the batch (each checked 
 - base weights are prepacked for oneDNN (`torch.ops.mkldnn`, what torch.compile's CPU backend uses), 1.5x faster
   over SmolLM2's weights than `F.linear`, which re-lays out the weight on every call. oneDNN picks its kernel by
   the number of rows, and a row's bf16 result changes with the kernel (above 32 to 43 rows on SmolLM2's shapes,
-  above 21 on a 264x32 head; bench/lean_products.py). So every product takes exactly ROWS rows, the batch padded
-  with idle rows: one kernel for every row of every step. Padding 8 rows to 32 costs 11% of the products here
-  (they are bound by reading the weights, not by arithmetic);
+  above 21 on a 264x32 head; bench/lean_products.py). So every product takes exactly ROWS rows, padded with zero
+  rows: one kernel for every row of every step. Padding 8 rows to 32 costs 11% of the products here (they are
+  bound by reading the weights, not by arithmetic); everything between the products runs on the real rows only;
 - each request owns a slot of the KV cache and attends over its own keys only, rounded up to a bucket of 64 with
   the rest masked (the bucket depends on the row's length alone), so rows of similar length share one call;
 - LoRA runs in fp32 with each row's own factors: x·Aᵀ as an elementwise product summed over the input (an fp32
-  `bmm` over rows changes with the row count here, the elementwise sum does not), then a `bmm` by s·Bᵀ per row,
-  rows grouped by rank so no row is padded to another adapter's rank;
+  `bmm` over rows changes with the row count here, the elementwise sum does not), then one `bmm` by s·Bᵀ per row
+  over the whole fused output (zero where a target is not adapted), rows grouped by rank so no row is padded to
+  another adapter's rank;
 - prompts joining together are prefilled packed into one batch, each through the same 32-row products and its
   own causal attention and LoRA products, so a prompt's first token never depends on the batch either.
 
@@ -33,15 +34,17 @@ from lorakit.core.inject import wrappers
 from lorakit.core.layers import MAGNITUDE, LoraLinear
 from lorakit.core.state import ATTR
 
-ROWS = 32  # rows in every base-weight product: a step's or a prefill's rows are padded to multiples of this
+ROWS = 32  # rows in every base-weight product: Packed pads a step's or a prefill's rows to multiples of this
 BUCKET = 64  # a decode row attends over its key count rounded up to this (masked), so rows batch by width
 ATTN = ("q_proj", "k_proj", "v_proj")
 MLP = ("gate_proj", "up_proj")
 PRODUCTS = {"qkv": ATTN, "o": ("o_proj",), "gate_up": MLP, "down": ("down_proj",)}
 TARGETS = tuple(t for targets in PRODUCTS.values() for t in targets)
 # One fused product's LoRA for rows whose adapters have the same ranks there: (row indices, or None for rows
-# 0..n-1; A of every adapted target stacked, (n, Σr, in); [(output start, end, rank start, end, s·Bᵀ (n, r, out))]).
-Group = tuple[torch.Tensor | None, torch.Tensor, list[tuple[int, int | None, int, int, torch.Tensor]]]
+# 0..n-1; A of every adapted target stacked, (n, Σr, in); s·Bᵀ of every adapted target over the whole fused output,
+# (n, Σr, out), zero where a target is not adapted, so one product adds every target's update and an unadapted
+# span gets exact zeros).
+Group = tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]
 
 
 def unsupported(model: nn.Module) -> str | None:
@@ -67,10 +70,15 @@ class Packed:
         self.weight = torch.ops.mkldnn._reorder_linear_weight(w, ROWS) if self.onednn else w
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (k·ROWS, in) rows, multiplied ROWS at a time."""
+        """x: (n, in) rows, multiplied ROWS at a time, the last product's missing rows filled with zeros."""
+        n = x.shape[0]
+        if n % ROWS:
+            x = torch.cat([x, x.new_zeros(_padded(n) - n, x.shape[1])])
         if x.shape[0] == ROWS:
-            return self.product(x)
-        return torch.cat([self.product(x[i : i + ROWS]) for i in range(0, x.shape[0], ROWS)])
+            y = self.product(x)
+        else:
+            y = torch.cat([self.product(x[i : i + ROWS]) for i in range(0, x.shape[0], ROWS)])
+        return y if y.shape[0] == n else y[:n]
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         """One product of any number of rows (the forward only ever passes ROWS)."""
@@ -94,8 +102,10 @@ class Block:
         q, k = _weight(attn.q_proj).shape[0], _weight(attn.k_proj).shape[0]
         inter = _weight(mlp.gate_proj).shape[0]
         # Where each projection's output sits in the fused outputs.
-        self.spans = {"q_proj": (0, q), "k_proj": (q, q + k), "v_proj": (q + k, q + 2 * k), "o_proj": (0, None),
-                      "gate_proj": (0, inter), "up_proj": (inter, 2 * inter), "down_proj": (0, None)}
+        hidden = _weight(attn.o_proj).shape[0]
+        self.spans = {"q_proj": (0, q), "k_proj": (q, q + k), "v_proj": (q + k, q + 2 * k), "o_proj": (0, hidden),
+                      "gate_proj": (0, inter), "up_proj": (inter, 2 * inter), "down_proj": (0, hidden)}
+        self.widths = {"qkv": q + 2 * k, "o": hidden, "gate_up": 2 * inter, "down": hidden}
 
     def module(self, target: str) -> nn.Module:
         return getattr(self.layer.self_attn if target in ATTN + ("o_proj",) else self.layer.mlp, target)
@@ -210,8 +220,8 @@ class LeanLlama:
                     shape = tuple((t, m.lora_A[name].shape[0]) for t, m in adapted if name in m.lora_A)
                     if name is not None and shape:
                         by_shape.setdefault(shape, []).append(row)
-                groups = [self._group(block, dict(adapted), shape, rows, [names[r] for r in rows], len(names))
-                          for shape, rows in by_shape.items()]
+                groups = [self._group(block, dict(adapted), shape, rows, [names[r] for r in rows], len(names),
+                                      block.widths[product]) for shape, rows in by_shape.items()]
                 if groups:
                     table[product] = groups
             tables.append(table)
@@ -220,15 +230,16 @@ class LeanLlama:
 
     @staticmethod
     def _group(block: Block, modules: dict[str, LoraLinear], shape: tuple, rows: list[int], names: list[str],
-               total: int) -> Group:
+               total: int, width: int) -> Group:
         a = torch.stack([torch.cat([modules[t].lora_A[n].detach().float() for t, _ in shape]) for n in names])
-        parts, r0 = [], 0
+        b = torch.zeros(len(names), a.shape[1], width)
+        r0 = 0
         for target, rank in shape:
             m = modules[target]
-            bt = torch.stack([m.lora_B[n].detach().float().t() * m.scaling[n] for n in names])
-            parts.append((*block.spans[target], r0, r0 + rank, bt.contiguous()))
+            lo, hi = block.spans[target]
+            b[:, r0 : r0 + rank, lo:hi] = torch.stack([m.lora_B[n].detach().float().t() * m.scaling[n] for n in names])
             r0 += rank
-        return (None if len(rows) == total else torch.tensor(rows)), a, parts
+        return (None if len(rows) == total else torch.tensor(rows)), a, b
 
     # ---- forward ----
 
@@ -243,19 +254,17 @@ class LeanLlama:
         ends = torch.tensor(sizes).cumsum(0).tolist()
         spans = [(end - n, end) for n, end in zip(sizes, ends, strict=True)]
         total = ends[-1]
-        padded = _padded(total)
         tables = self._tables(names)
-        ids = [t for p in prompts for t in p] + [0] * (padded - total)
-        positions = torch.cat([torch.arange(n) for n in sizes] + [torch.zeros(padded - total, dtype=torch.long)])
-        h = self.embed[torch.tensor(ids)]  # (P, C)
+        positions = torch.cat([torch.arange(n) for n in sizes])
+        h = self.embed[torch.tensor([t for p in prompts for t in p])]  # (P, C)
         cos, sin = self.rotary(h, positions[None])  # (1, P, D)
         cos, sin = cos[0, :, None], sin[0, :, None]  # (P, 1, D)
         hd, nq, nkv = self.head_dim, self.heads, self.kv_heads
         for i, block in enumerate(self.blocks):
             qkv = self._project(block.qkv, self._rms(h, block.norm1), tables[i].get("qkv"), spans)
-            qk = _rotate(qkv[:, : (nq + nkv) * hd].view(padded, nq + nkv, hd), cos, sin)
-            v = qkv[:, (nq + nkv) * hd :].view(padded, nkv, hd)
-            out = h.new_zeros(padded, nq * hd)
+            qk = _rotate(qkv[:, : (nq + nkv) * hd].view(total, nq + nkv, hd), cos, sin)
+            v = qkv[:, (nq + nkv) * hd :].view(total, nkv, hd)
+            out = h.new_empty(total, nq * hd)
             for slot, (start, end) in zip(slots, spans, strict=True):
                 mine = qk[start:end].transpose(0, 1)  # (H+KV, T, D)
                 self.keys[i][slot, :, : end - start] = mine[nq:]
@@ -268,13 +277,7 @@ class LeanLlama:
         for slot, n in zip(slots, sizes, strict=True):
             self.lengths[slot] = n
         last = h.index_select(0, torch.tensor([end - 1 for end in ends]))
-        return slots, self._head(last)
-
-    def _head(self, h: torch.Tensor) -> torch.Tensor:
-        """(n, vocab) fp32 logits for n final hidden states, through ROWS-row products like every other row."""
-        n = h.shape[0]
-        rows = torch.cat([h, h.new_zeros(_padded(n) - n, h.shape[1])])
-        return self.head(self._rms(rows, self.norm))[:n].float()
+        return slots, self.head(self._rms(last, self.norm)).float()
 
     @torch.inference_mode()
     def decode(self, slots: list[int], tokens: list[int], names: list[str | None]) -> torch.Tensor:
@@ -284,20 +287,20 @@ class LeanLlama:
         if _bucket(top) > self._capacity():
             self._grow(len(self.lengths), _bucket(top))
         tables = self._tables(names)
-        padded = _padded(b)  # idle rows (token 0 at position 0) fill the batch to a multiple of ROWS
-        positions = torch.tensor([self.lengths[s] for s in slots] + [0] * (padded - b))
-        h = self.embed[torch.tensor(list(tokens) + [0] * (padded - b))]  # (P, C)
-        cos, sin = self.rotary(h, positions[:, None])  # (P, 1, D): one position per row
-        cos, sin, at = cos[:b], sin[:b], positions[:b]
-        index = torch.tensor(slots)
+        positions = torch.tensor([self.lengths[s] for s in slots])
+        h = self.embed[torch.tensor(tokens)]  # (B, C)
+        cos, sin = self.rotary(h, positions[:, None])  # (B, 1, D): one position per row
+        sin = _signed(sin)
+        # Where each row's new key and value go in a layer's cache (slot, every kv head, position).
+        at = (torch.tensor(slots)[:, None], torch.arange(self.kv_heads)[None, :], positions[:, None])
         attention = self._attention_groups(slots)
         hd, nq, nkv = self.head_dim, self.heads, self.kv_heads
-        idle = h.new_zeros(padded - b, nq * hd)
         for i, block in enumerate(self.blocks):
             qkv = self._project(block.qkv, self._rms(h, block.norm1), tables[i].get("qkv"))
-            qk = _rotate(qkv[:b, : (nq + nkv) * hd].view(b, nq + nkv, hd), cos, sin)
-            self.keys[i][index, :, at] = qk[:, nq:]
-            self.values[i][index, :, at] = qkv[:b, (nq + nkv) * hd :].view(b, nkv, hd)
+            qk = qkv[:, : (nq + nkv) * hd].view(b, nq + nkv, hd)
+            qk = qk * cos + qk.roll(hd // 2, -1) * sin  # RoPE (see _signed)
+            self.keys[i].index_put_(at, qk[:, nq:])
+            self.values[i].index_put_(at, qkv[:, (nq + nkv) * hd :].view(b, nkv, hd))
             # The query heads sharing a KV head act as that head's queries: (rows, kv_heads, groups, D).
             q = qk[:, :nq].reshape(b, nkv, nq // nkv, hd)
             out = q.new_empty(b, nq * hd)
@@ -313,10 +316,10 @@ class LeanLlama:
                     out = got
                 else:
                     out[rows] = got
-            h = self._block_rest(block, tables[i], h, torch.cat([out, idle]))
+            h = self._block_rest(block, tables[i], h, out)
         for s in slots:
             self.lengths[s] += 1
-        return self.head(self._rms(h, self.norm))[:b].float()
+        return self.head(self._rms(h, self.norm)).float()
 
     def _attention_groups(self, slots: list[int]) -> list[tuple]:
         """Rows grouped by their key count rounded up to BUCKET: (rows or None for all, cache slots to gather or
@@ -352,38 +355,42 @@ class LeanLlama:
                  spans: list[tuple[int, int]] | None = None) -> torch.Tensor:
         """The fused base product plus each LoRA group's update on its targets' spans of the output.
 
-        A decode step (no spans): row i is request i's token (rows past the requests are idle) and uses its own
+        A decode step (no spans): row i is request i's token and uses its own
         factors with the batch-invariant formulation (module docstring). A prefill: request i's tokens are rows
         spans[i], multiplied by its factors in fp32 products of exactly its own rows, as when it runs alone.
         """
         y = packed(x)
-        for rows, a, parts in groups or ():
+        for rows, a, b in groups or ():
             n = a.shape[0]
             if spans is not None:
                 for j, request in enumerate(range(n) if rows is None else rows.tolist()):
                     start, end = spans[request]
-                    t = x[start:end].float() @ a[j].t()  # (T, Σr)
-                    for lo, hi, r0, r1, bt in parts:
-                        y[start:end, lo:hi] = (y[start:end, lo:hi].float() + t[:, r0:r1] @ bt[j]).to(y.dtype)
+                    mine = y[start:end]
+                    mine.copy_(mine.float() + (x[start:end].float() @ a[j].t()) @ b[j])
                 continue
-            xs = (x[:n] if rows is None else x.index_select(0, rows)).float()
+            xs = (x if rows is None else x.index_select(0, rows)).float()
             t = (xs[:, None, :] * a).sum(-1)  # (n, Σr): a sum over `in` per row
-            for lo, hi, r0, r1, bt in parts:
-                delta = torch.bmm(t[:, None, r0:r1], bt)[:, 0]  # (n, out)
-                if rows is None:
-                    y[:n, lo:hi] = (y[:n, lo:hi].float() + delta).to(y.dtype)
-                else:
-                    y[rows, lo:hi] = (y[rows, lo:hi].float() + delta).to(y.dtype)
+            delta = torch.bmm(t[:, None], b)[:, 0]  # (n, out)
+            if rows is None:
+                y.copy_(y.float() + delta)
+            else:
+                y.index_copy_(0, rows, (y.index_select(0, rows).float() + delta).to(y.dtype))
         return y
-
 
 def _bucket(keys: int) -> int:
     return -(-keys // BUCKET) * BUCKET
 
 
 def _padded(rows: int) -> int:
-    """Rows rounded up to a multiple of ROWS (idle rows fill the rest)."""
+    """Rows rounded up to a multiple of ROWS (zero rows fill the rest)."""
     return -(-rows // ROWS) * ROWS
+
+
+def _signed(sin: torch.Tensor) -> torch.Tensor:
+    """sin with its first half negated: x·cos + roll(x, D/2)·_signed(sin) is _rotate(x, cos, sin) bit for bit
+    (rotate_half(x) is roll(x, D/2) with the first half negated, and (-a)·b = a·(-b) exactly), in 4 ops, not 8."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
