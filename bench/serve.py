@@ -5,7 +5,13 @@ per request, 8 rank-8 q,v adapters with non-zero B. Measured:
   peft.sequential   one request at a time, set_adapter before each (tokens/s)
   peft.mixed_N      one generate(adapter_names=...) over N left-padded rows (tokens/s)
   serve.cN          N concurrent streaming HTTP clients over 8 adapters against a server in its own process:
-                    aggregate generated tokens/s and time-to-first-token p50/p95
+                    aggregate generated tokens/s and time-to-first-token p50/p95. The clients run on the same
+                    two cores as the server; aiohttp (default) takes a third of httpx's CPU for the same streams
+                    (0.24 against 0.74 CPU-s over three 32-client runs), which the server's throughput feels
+                    peft.mixed_N and serve.cN run in --throughput-rounds interleaved rounds (the PEFT models and
+                    the server stay loaded; the order alternates); each is reported as the median over rounds,
+                    and speedup_vs_peft_mixed is the median of the per-round ratios, as this shared machine's
+                    speed drifts by tens of percent within minutes
   soak              clients looping for --soak-seconds: errors, server RSS before/after, greedy == solo
   engine_32_rows    the engine alone (no HTTP): median decode step of 32 rows with K resident adapters (1, 8,
                     64) and the rows spread over 8 of them (1 when K = 1), plus 64 resident with the rows over
@@ -17,6 +23,7 @@ per request, 8 rank-8 q,v adapters with non-zero B. Measured:
 
     python bench/serve.py [--threads 1] [--soak-seconds 20] [--random] [--dtype bfloat16] [--engine-only]
                           [--profile 8] [--peft-dtype float32 --peft-dtype bfloat16] [--skip-engine]
+                          [--throughput-rounds 3] [--client httpx]
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import sys
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import torch
@@ -86,29 +93,39 @@ def pct(xs: list[float], q: float) -> float:
 
 # ---- HF PEFT ----
 
-def bench_peft(model, tok, dirs: list[Path], texts: list[str], new: int, sequential: bool) -> dict:
+def peft_model(model, dirs: list[Path]):
+    """PEFT's model with every adapter in `dirs` loaded as a0, a1, ..."""
     from peft import PeftModel
 
     peft_model = PeftModel.from_pretrained(model, dirs[0], adapter_name="a0")
     for i, d in enumerate(dirs[1:], start=1):
         peft_model.load_adapter(d, adapter_name=f"a{i}")
-    peft_model.eval()
+    return peft_model.eval()
+
+
+def peft_kwargs(tok, new: int) -> dict:
     tok.padding_side = "left"
-    kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id)
-    out: dict = {}
+    return dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id)
+
+
+def peft_sequential(peft_model, tok, texts: list[str], new: int) -> float:
+    """Tokens/s of ADAPTERS requests one at a time, set_adapter before each."""
+    t = time.perf_counter()
     with torch.inference_mode():
-        if sequential:
-            t = time.perf_counter()
-            for i, text in enumerate(texts[:ADAPTERS]):
-                peft_model.set_adapter(f"a{i % ADAPTERS}")
-                peft_model.generate(**tok([text], return_tensors="pt"), **kw)
-            out["sequential_8"] = {"tokens_per_s": round(ADAPTERS * new / (time.perf_counter() - t), 1)}
-        for n in (8, 32):
-            batch = tok(texts[:n], return_tensors="pt", padding=True)
-            t = time.perf_counter()
-            peft_model.generate(**batch, adapter_names=[f"a{i % ADAPTERS}" for i in range(n)], **kw)
-            out[f"mixed_{n}"] = {"tokens_per_s": round(n * new / (time.perf_counter() - t), 1)}
-    return out
+        for i, text in enumerate(texts[:ADAPTERS]):
+            peft_model.set_adapter(f"a{i % ADAPTERS}")
+            peft_model.generate(**tok([text], return_tensors="pt"), **peft_kwargs(tok, new))
+    return round(ADAPTERS * new / (time.perf_counter() - t), 1)
+
+
+def peft_mixed(peft_model, tok, texts: list[str], n: int, new: int) -> float:
+    """Tokens/s of one generate(adapter_names=...) over n left-padded rows spread over the adapters."""
+    kw = peft_kwargs(tok, new)
+    batch = tok(texts[:n], return_tensors="pt", padding=True)
+    t = time.perf_counter()
+    with torch.inference_mode():
+        peft_model.generate(**batch, adapter_names=[f"a{i % ADAPTERS}" for i in range(n)], **kw)
+    return round(n * new / (time.perf_counter() - t), 1)
 
 
 # ---- the server, in its own process ----
@@ -134,31 +151,62 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _body(model: str, prompt: str, new: int) -> dict:
+    return {"model": model, "prompt": prompt, "max_tokens": new, "temperature": 0, "stream": True, "ignore_eos": True,
+            "stream_options": {"include_usage": True}}
+
+
 async def one(client, url: str, model: str, prompt: str, new: int) -> tuple[str, float, int]:
-    """(text, time to first token, tokens) of one streamed greedy completion."""
-    body = {"model": model, "prompt": prompt, "max_tokens": new, "temperature": 0, "stream": True,
-            "ignore_eos": True, "stream_options": {"include_usage": True}}
+    """(text, time to first token, tokens) of one streamed greedy completion; `client` an aiohttp session or an
+    httpx client."""
     t = time.perf_counter()
     first, text, tokens = None, "", 0
-    async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
-        if r.status_code != 200:
-            raise RuntimeError(f"HTTP {r.status_code}: {await r.aread()}")
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-            for c in chunk["choices"]:
-                first = first if first is not None else time.perf_counter() - t
-                text += c["text"]
+
+    def take(data: bytes | str) -> None:
+        nonlocal first, text, tokens
+        chunk = json.loads(data)
+        if chunk.get("usage"):
+            tokens = chunk["usage"]["completion_tokens"]
+        for c in chunk["choices"]:
+            first = first if first is not None else time.perf_counter() - t
+            text += c["text"]
+
+    if hasattr(client, "stream"):  # httpx
+        async with client.stream("POST", f"{url}/v1/completions", json=_body(model, prompt, new)) as r:
+            if r.status_code != 200:
+                raise RuntimeError(f"HTTP {r.status_code}: {await r.aread()}")
+            async for line in r.aiter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    take(line[6:])
+    else:  # aiohttp
+        async with client.post(f"{url}/v1/completions", json=_body(model, prompt, new)) as r:
+            if r.status != 200:
+                raise RuntimeError(f"HTTP {r.status}: {await r.read()}")
+            async for line in r.content:
+                if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
+                    take(line[6:])
     return text, first or 0.0, tokens
 
 
-async def concurrent(url: str, jobs: list[tuple[str, str]], new: int) -> tuple[list[str], dict]:
-    import httpx
+@asynccontextmanager
+async def http_client(kind: str):
+    """The load generator's HTTP client: aiohttp (C parser, the lighter of the two on this 2-core machine, where
+    the clients take CPU from the server they measure) or httpx (what the openai package uses)."""
+    if kind == "httpx":
+        import httpx
 
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=128)) as client:
+        async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=128)) as client:
+            yield client
+    else:
+        import aiohttp
+
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=128),
+                                         timeout=aiohttp.ClientTimeout(total=600)) as client:
+            yield client
+
+
+async def concurrent(url: str, jobs: list[tuple[str, str]], new: int, kind: str = "aiohttp") -> tuple[list[str], dict]:
+    async with http_client(kind) as client:
         t = time.perf_counter()
         results = await asyncio.gather(*(one(client, url, m, p, new) for m, p in jobs))
         wall = time.perf_counter() - t
@@ -168,9 +216,8 @@ async def concurrent(url: str, jobs: list[tuple[str, str]], new: int) -> tuple[l
     return [r[0] for r in results], stats
 
 
-async def soak(url: str, jobs: list[tuple[str, str]], solo: dict, new: int, seconds: float, clients: int) -> dict:
-    import httpx
-
+async def soak(url: str, jobs: list[tuple[str, str]], solo: dict, new: int, seconds: float, clients: int,
+               kind: str = "aiohttp") -> dict:
     errors, mismatches, done = 0, 0, 0
     stop = time.monotonic() + seconds
     rng = random.Random(0)
@@ -186,12 +233,14 @@ async def soak(url: str, jobs: list[tuple[str, str]], solo: dict, new: int, seco
             except Exception:
                 errors += 1
 
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=128)) as client:
+    async with http_client(kind) as client:
         await asyncio.gather(*(worker(client) for _ in range(clients)))
     return {"seconds": seconds, "clients": clients, "requests": done, "errors": errors, "not_equal_to_solo": mismatches}
 
 
-def bench_server(args, dirs: list[Path], texts: list[str]) -> dict:
+def bench_server(args, dirs: list[Path], texts: list[str], tok, pefts: dict) -> tuple[dict, dict]:
+    """(serve results, PEFT mixed-batch results): rounds of PEFT's mixed batch and the server's concurrent
+    clients, interleaved, then the soak."""
     import httpx
 
     with socket.socket() as s:
@@ -213,15 +262,34 @@ def bench_server(args, dirs: list[Path], texts: list[str]) -> dict:
                 raise RuntimeError("the benchmark server did not start")
             time.sleep(0.5)
         jobs = [(f"a{i % ADAPTERS}", texts[i]) for i in range(32)]
-        solo = {job: asyncio.run(concurrent(url, [job], args.new_tokens))[0][0] for job in jobs}
+        solo = {job: asyncio.run(concurrent(url, [job], args.new_tokens, args.client))[0][0] for job in jobs}
+        runs: dict[str, list[dict]] = {f"c{n}": [] for n in (8, 32)}
+        peft: dict[str, list[float]] = {f"{dtype}.mixed_{n}": [] for dtype in pefts for n in (8, 32)}
+        for r in range(args.throughput_rounds):
+            for n in (8, 32):
+                def ours(n=n):
+                    got, stats = asyncio.run(concurrent(url, jobs[:n], args.new_tokens, args.client))
+                    stats["not_equal_to_solo"] = sum(g != solo[j] for g, j in zip(got, jobs[:n], strict=True))
+                    runs[f"c{n}"].append(stats)
+
+                def theirs(n=n):
+                    for dtype, model in pefts.items():
+                        peft[f"{dtype}.mixed_{n}"].append(peft_mixed(model, tok, texts, n, args.new_tokens))
+
+                for f in ((ours, theirs) if r % 2 else (theirs, ours)):
+                    f()
         out: dict = {}
-        for n in (8, 32):
-            got, out[f"c{n}"] = asyncio.run(concurrent(url, jobs[:n], args.new_tokens))
-            out[f"c{n}"]["not_equal_to_solo"] = sum(g != solo[j] for g, j in zip(got, jobs[:n], strict=True))
+        for key, stats in runs.items():
+            out[key] = {"requests": stats[0]["requests"],
+                        "tokens_per_s": statistics.median(x["tokens_per_s"] for x in stats),
+                        "rounds_tokens_per_s": [x["tokens_per_s"] for x in stats],
+                        "ttft_p50_s": statistics.median(x["ttft_p50_s"] for x in stats),
+                        "ttft_p95_s": statistics.median(x["ttft_p95_s"] for x in stats),
+                        "not_equal_to_solo": sum(x["not_equal_to_solo"] for x in stats)}
         before = rss_mb(proc.pid)
-        out["soak"] = asyncio.run(soak(url, jobs, solo, args.new_tokens, args.soak_seconds, 32))
+        out["soak"] = asyncio.run(soak(url, jobs, solo, args.new_tokens, args.soak_seconds, 32, args.client))
         out["soak"].update(rss_before_mb=before, rss_after_mb=rss_mb(proc.pid))
-        return out
+        return out, peft
     finally:
         proc.terminate()
         proc.join(30)
@@ -318,6 +386,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     p.add_argument("--skip-peft-sequential", action="store_true")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the engine-alone measurements")
+    p.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp", help="the load generator's HTTP client")
+    p.add_argument("--throughput-rounds", type=int, default=3,
+                   help="interleaved rounds of PEFT's mixed batch and the server's concurrent clients")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="lorakit's dtype (bfloat16 runs the lean engine, serve/llama.py)")
     p.add_argument("--peft-dtype", action="append", choices=("float32", "bfloat16"),
@@ -330,6 +401,7 @@ def main() -> int:
     model, tok = base_model(args.random, args.dtype)
     texts = prompts(32)
     result: dict = {"model": "random smollm2-135m shape" if args.random else "smollm2-135m", "dtype": args.dtype,
+                    "client": args.client,
                     "threads": args.threads, "new_tokens": args.new_tokens, "adapters": ADAPTERS}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -344,21 +416,27 @@ def main() -> int:
             result["engine_32_rows"] = bench_engine(model, tok, dirs, rank64, texts, 16, args.rounds)
             print(json.dumps(result, indent=2))
             return 0
-        result["peft"] = {}
-        for dtype in args.peft_dtype or [args.dtype]:
-            peft_base = base_model(args.random, dtype)[0]
-            result["peft"][dtype] = bench_peft(peft_base, tok, dirs[:ADAPTERS], texts, args.new_tokens,
-                                               not args.skip_peft_sequential)
-            del peft_base
-        print(json.dumps(result), file=sys.stderr)
-        result["serve"] = bench_server(args, dirs[:ADAPTERS], texts)
+        pefts = {dtype: peft_model(base_model(args.random, dtype)[0], dirs[:ADAPTERS])
+                 for dtype in args.peft_dtype or [args.dtype]}
+        result["peft"] = {dtype: {} for dtype in pefts}
+        if not args.skip_peft_sequential:
+            for dtype, pm in pefts.items():
+                result["peft"][dtype]["sequential_8"] = {"tokens_per_s": peft_sequential(pm, tok, texts,
+                                                                                         args.new_tokens)}
+        result["serve"], rounds = bench_server(args, dirs[:ADAPTERS], texts, tok, pefts)
+        for key, values in rounds.items():
+            dtype, mixed = key.split(".")
+            result["peft"][dtype][mixed] = {"tokens_per_s": statistics.median(values), "rounds_tokens_per_s": values}
+        del pefts
         print(json.dumps(result), file=sys.stderr)
         if not args.skip_engine:
             result["engine_32_rows"] = bench_engine(model, tok, dirs, rank64, texts, 16, args.rounds)
     serve = result["serve"]
-    result["speedup_vs_peft_mixed"] = {
-        f"peft_{dtype}": {f"c{n}": round(serve[f"c{n}"]["tokens_per_s"] / peft[f"mixed_{n}"]["tokens_per_s"], 2)
-                          for n in (8, 32)}
+    result["speedup_vs_peft_mixed"] = {  # the median of the per-round ratios
+        f"peft_{dtype}": {f"c{n}": round(statistics.median(
+            ours / theirs for ours, theirs in zip(serve[f"c{n}"]["rounds_tokens_per_s"],
+                                                  peft[f"mixed_{n}"]["rounds_tokens_per_s"], strict=True)), 2)
+            for n in (8, 32)}
         for dtype, peft in result["peft"].items()}
     print(json.dumps(result, indent=2))
     return 0
