@@ -12,6 +12,7 @@ from serve_support import save_adapter, tiny_model, tiny_server, tiny_tokenizer
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import lorakit
+from lorakit.serve import llama
 from lorakit.serve.engine import Engine, Event
 from lorakit.serve.llama import LeanLlama, unsupported
 from lorakit.serve.pool import AdapterPool
@@ -87,6 +88,26 @@ def test_every_row_is_bit_identical_alone_and_in_any_batch():
             g.append(row)
     for i, (e, g) in enumerate(zip(expected, got, strict=True)):
         assert all(torch.equal(x, y) for x, y in zip(e, g, strict=True)), f"row {i} {jobs[i][1]} differs"
+
+
+def test_every_base_product_takes_the_same_number_of_rows_whatever_the_batch(monkeypatch):
+    """The mechanism behind the invariance above: oneDNN picks its kernel by row count, so every decode product
+    takes exactly ROWS rows and every prefill product PREFILL_ROWS, for 1 row or many."""
+    model = adapted_model()
+    lean = LeanLlama(model)
+    seen: list[tuple[str, int]] = []
+    phase = "prefill"
+    product = llama.Packed.product
+    monkeypatch.setattr(llama.Packed, "product", lambda self, x: seen.append((phase, x.shape[0])) or product(self, x))
+    for prompts in ([[5, 6, 7]], [list(range(5, 5 + n)) for n in (3, 70, 9)]):
+        phase = "prefill"
+        slots, logits = lean.prefill(prompts, ["a"] * len(prompts))
+        phase = "decode"
+        lean.decode(slots, logits.argmax(-1).tolist(), ["b"] * len(slots))
+    head = llama.ROWS  # the head multiplies the last rows of a prefill like a decode step's
+    assert {n for p, n in seen if p == "decode"} == {llama.ROWS}
+    assert {n for p, n in seen if p == "prefill"} == {llama.PREFILL_ROWS, head}
+    assert sum(p == "prefill" and n == llama.PREFILL_ROWS for p, n in seen) == 4 * len(lean.blocks) * (1 + 2)
 
 
 def test_the_cache_grows_under_running_rows_without_changing_them():
