@@ -8,13 +8,14 @@ through gives bit-identical results whatever else is in the batch (each checked 
   over SmolLM2's weights than `F.linear`, which re-lays out the weight on every call. oneDNN picks its kernel by
   the number of rows, and a row's bf16 result changes with the kernel (above 32 to 43 rows on SmolLM2's shapes,
   above 21 on a 264x32 head; bench/lean_products.py). So every product takes exactly ROWS rows, padded with zero
-  rows: one kernel for every row of every step. Padding 8 rows to 32 costs 11% of the products here (they are
-  bound by reading the weights, not by arithmetic); everything between the products runs on the real rows only;
+  rows: one kernel for every row of every step. Padding 8 rows to 32 costs 11% of the products here (their time
+  hardly depends on the row count at these shapes); everything between the products runs on the real rows only;
 - each request owns a slot of the KV cache and attends over its own keys only, rounded up to a bucket of 64 with
   the rest masked (the bucket depends on the row's length alone), so rows of similar length share one call;
 - LoRA runs in fp32 with each row's own factors: x·Aᵀ as an elementwise product summed over the input (an fp32
   `bmm` over rows changes with the row count here, the elementwise sum does not), then one `bmm` by s·Bᵀ per row
-  over the whole fused output (zero where a target is not adapted), rows grouped by rank so no row is padded to
+  over the whole fused output (zero where a target is not adapted: one product instead of one per target, for up
+  to 2.5x the memory of the stacked factors with q,v adapters), rows grouped by rank so no row is padded to
   another adapter's rank;
 - prompts joining together are prefilled packed into one batch, each through the same 64-row products and its
   own causal attention and LoRA products, so a prompt's first token never depends on the batch either.
