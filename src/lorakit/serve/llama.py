@@ -265,7 +265,7 @@ class LeanLlama:
         positions = torch.cat([torch.arange(n) for n in sizes])
         h = self.embed[torch.tensor([t for p in prompts for t in p])]  # (P, C)
         cos, sin = self.rotary(h, positions[None])  # (1, P, D)
-        cos, sin = cos[0, :, None], sin[0, :, None]  # (P, 1, D)
+        cos, sin = cos[0, :, None], _signed(sin[0, :, None])  # (P, 1, D)
         hd, nq, nkv = self.head_dim, self.heads, self.kv_heads
         for i, block in enumerate(self.blocks):
             qkv = self._project(block.qkv, self._rms(h, block.norm1), tables[i].get("qkv"), spans)
@@ -305,7 +305,7 @@ class LeanLlama:
         for i, block in enumerate(self.blocks):
             qkv = self._project(block.qkv, self._rms(h, block.norm1), tables[i].get("qkv"))
             qk = qkv[:, : (nq + nkv) * hd].view(b, nq + nkv, hd)
-            qk = qk * cos + qk.roll(hd // 2, -1) * sin  # RoPE (see _signed)
+            qk = _rotate(qk, cos, sin)
             self.keys[i].index_put_(at, qk[:, nq:])
             self.values[i].index_put_(at, qkv[:, (nq + nkv) * hd :].view(b, nkv, hd))
             # The query heads sharing a KV head act as that head's queries: (rows, kv_heads, groups, D).
@@ -394,13 +394,12 @@ def _padded(rows: int, multiple: int = ROWS) -> int:
 
 
 def _signed(sin: torch.Tensor) -> torch.Tensor:
-    """sin with its first half negated: x·cos + roll(x, D/2)·_signed(sin) is _rotate(x, cos, sin) bit for bit
-    (rotate_half(x) is roll(x, D/2) with the first half negated, and (-a)·b = a·(-b) exactly), in 4 ops, not 8."""
+    """sin with its first half negated, as _rotate takes it."""
     half = sin.shape[-1] // 2
     return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE as transformers applies it: x·cos + rotate_half(x)·sin."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """RoPE as transformers applies it, x·cos + rotate_half(x)·sin, bit for bit in 4 ops instead of 8:
+    rotate_half(x) is roll(x, D/2) with its first half negated, and (-a)·b = a·(-b) exactly."""
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin
