@@ -104,23 +104,24 @@ def peft_model(model, dirs: list[Path]):
 
 
 def peft_kwargs(tok, new: int) -> dict:
-    tok.padding_side = "left"
     return dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id)
 
 
 def peft_sequential(peft_model, tok, texts: list[str], new: int) -> float:
     """Tokens/s of ADAPTERS requests one at a time, set_adapter before each."""
+    kw = peft_kwargs(tok, new)
     t = time.perf_counter()
     with torch.inference_mode():
         for i, text in enumerate(texts[:ADAPTERS]):
             peft_model.set_adapter(f"a{i % ADAPTERS}")
-            peft_model.generate(**tok([text], return_tensors="pt"), **peft_kwargs(tok, new))
+            peft_model.generate(**tok([text], return_tensors="pt"), **kw)
     return round(ADAPTERS * new / (time.perf_counter() - t), 1)
 
 
 def peft_mixed(peft_model, tok, texts: list[str], n: int, new: int) -> float:
     """Tokens/s of one generate(adapter_names=...) over n left-padded rows spread over the adapters."""
     kw = peft_kwargs(tok, new)
+    tok.padding_side = "left"
     batch = tok(texts[:n], return_tensors="pt", padding=True)
     t = time.perf_counter()
     with torch.inference_mode():
