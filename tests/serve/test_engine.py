@@ -192,3 +192,27 @@ def test_a_failing_step_fails_the_requests_in_flight_and_the_engine_keeps_servin
         assert not engine.pool.in_use
     finally:
         engine.stop()
+
+
+def test_an_idle_engine_waits_for_requests_on_their_way_and_prefills_them_together(adapters, monkeypatch):
+    """Engine.arriving: a burst of requests still being read by HTTP joins the first one's prefill."""
+    import threading
+
+    engine = engine_with(adapters, arrival_wait=30.0)  # only `arrived()` may end this wait in time
+    sizes: list[int] = []
+    prefill = engine._prefill
+    monkeypatch.setattr(engine, "_prefill", lambda rows: sizes.append(len(rows)) or prefill(rows))
+    done = [threading.Event() for _ in range(3)]
+    engine.start()
+    try:
+        on_the_way = [engine.arriving() for _ in range(2)]
+        engine.submit([5, 6, 7], "sql", GREEDY, lambda e: e.finish_reason and done[0].set())
+        for i, arrived in enumerate(on_the_way, start=1):
+            assert not done[0].wait(0.2)  # held: two more are on their way
+            engine.submit([8, 9], "e2e", GREEDY, lambda e, i=i: e.finish_reason and done[i].set())
+            arrived()
+            arrived()  # idempotent
+        assert all(d.wait(20) for d in done)
+        assert sizes == [3] and engine._arriving == 0
+    finally:
+        engine.stop()

@@ -104,3 +104,16 @@ def test_health_and_metrics_report_requests_tokens_and_latency(client, served):
                    "lorakit_queue_length", "lorakit_batch_size_bucket", "lorakit_time_to_first_token_seconds_count",
                    "lorakit_request_latency_seconds_sum", "lorakit_resident_adapters"):
         assert needle in text
+
+
+def test_every_request_leaves_the_engine_s_count_of_requests_on_their_way(client, served):
+    """The HTTP layer counts each generation request as on its way until submitted (Engine.arriving); a request
+    that fails validation, one that streams and one that returns whole must all leave the count at zero, or the
+    engine would wait for them before every prefill."""
+    client.completions.create(model="sql", prompt="a", max_tokens=2)
+    list(client.completions.create(model="sql", prompt="a", max_tokens=2, stream=True))
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="sql", prompt="a", max_tokens=2, temperature=-1)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    assert served.engine._arriving == 0

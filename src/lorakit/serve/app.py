@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 
+from lorakit.serve.engine import ARRIVAL
 from lorakit.serve.protocol import (
     ChatRequest,
     CompletionRequest,
@@ -46,6 +47,7 @@ def create_app(service: Service, api_key: str | None = None, start_engine: bool 
     app = FastAPI(title="lorakit serve", lifespan=lifespan)
     metrics = service.engine.metrics
 
+    app.add_middleware(Arrivals, engine=service.engine)
     if api_key:
         app.add_middleware(ApiKeyCheck, api_key=api_key, metrics=metrics)
 
@@ -116,6 +118,30 @@ async def _respond(result):
     if hasattr(result, "__aiter__"):
         return StreamingResponse(result, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     return await result
+
+
+GENERATION_PATHS = {"/v1/completions", "/v1/chat/completions"}
+
+
+class Arrivals:
+    """ASGI middleware: tells the engine a generation request is on its way from the moment its headers are read
+    until it is submitted (or fails), so that an idle engine prefills a burst of requests together instead of
+    starting on the first while the HTTP thread is still reading the rest (Engine.arriving)."""
+
+    def __init__(self, app, engine):
+        self.app = app
+        self.engine = engine
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") != "POST" or scope["path"] not in GENERATION_PATHS:
+            return await self.app(scope, receive, send)
+        arrived = self.engine.arriving()
+        token = ARRIVAL.set(arrived)
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            arrived()
+            ARRIVAL.reset(token)
 
 
 class ApiKeyCheck:

@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +34,9 @@ from lorakit.serve.metrics import Metrics
 from lorakit.serve.pool import AdapterPool
 from lorakit.serve.sampling import SamplingParams, choose_tokens
 from lorakit.serve.text import TextStream
+
+ARRIVAL: ContextVar[Callable[[], None] | None] = ContextVar("lorakit_arrival", default=None)
+"""The current HTTP request's `Engine.arriving` callback; `submit` calls it (see there)."""
 
 
 @dataclass
@@ -85,14 +89,26 @@ class Engine:
         metrics: Metrics | None = None,
         merged: str | None = None,
         lean: bool | None = None,
+        arrival_gap: float = 0.003,
+        arrival_wait: float = 0.05,
     ):
         """lean: use the lean bf16 forward (True), the transformers forward (False), or the lean one whenever the
-        model is a bf16 Llama on the CPU (None)."""
+        model is a bf16 Llama on the CPU (None).
+
+        arrival_gap, arrival_wait (seconds): when a request finds the engine idle, the engine waits until no
+        request is on its way (see `arriving`) and none has been submitted for arrival_gap, at most arrival_wait
+        in all, and prefills them together. Clients that send at once reach the engine over tens of milliseconds
+        (the HTTP thread reads, validates and tokenizes them one by one): without the wait, 8 simultaneous
+        requests were prefilled as 1 + 7 (60 + 105 ms, a 1-row decode step between) and 32 as 1 + 31, against
+        one prefill each. A lone request pays arrival_gap. 0 turns this off."""
         self.model = model
         self.tokenizer = tokenizer
         self.pool = pool
         self.max_batch = max_batch
         self.max_context = max_context or context_length(model)
+        self.arrival_gap = arrival_gap
+        self.arrival_wait = arrival_wait
+        self._arriving = 0
         self.prefill_tokens = prefill_tokens
         """Most prompt tokens prefilled between two decode steps, so joins never stall running rows for long."""
         self.metrics = metrics or Metrics()
@@ -122,7 +138,29 @@ class Engine:
         with self._wake:
             self.waiting.append(seq)
             self._wake.notify()
+        arrived = ARRIVAL.get()
+        if arrived is not None:
+            arrived()
         return seq
+
+    def arriving(self) -> Callable[[], None]:
+        """Count one request that is on its way (HTTP has started reading it) so that an idle engine waits for it
+        before prefilling (see __init__); returns the function that uncounts it, idempotent. `submit` calls the
+        one in ARRIVAL, so the HTTP layer sets that for each request and calls it again when the request ends
+        (it may fail before submitting)."""
+        with self._wake:
+            self._arriving += 1
+        done = False
+
+        def arrived() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                with self._wake:
+                    self._arriving -= 1
+                    self._wake.notify()
+
+        return arrived
 
     def cancel(self, seq: Request) -> None:
         """Stop a request at the next step and free its row (a no-op for a finished one)."""
@@ -179,12 +217,28 @@ class Engine:
                     if until is not None and until():
                         return
                     self._wake.wait(0.5 if until is not None else None)
+                if not self.running and self.waiting and self.arrival_gap > 0:
+                    self._gather()
                 if self._stop:
                     return
             try:
                 self.step()
             except Exception as e:  # e.g. out of memory: fail the requests in flight, keep serving new ones
                 self._fail_all(f"the engine failed: {type(e).__name__}: {e}")
+
+    def _gather(self) -> None:
+        """Hold an idle engine's first admission while requests are on their way or arrived within arrival_gap
+        (see __init__); called with self._wake held (submit and arrived notify it)."""
+        deadline = time.monotonic() + self.arrival_wait
+        seen = len(self.waiting)
+        while not self._stop and not self.calls:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.wait(min(self.arrival_gap, left))
+            if len(self.waiting) == seen and not self._arriving:
+                return
+            seen = len(self.waiting)
 
     def _fail_all(self, error: str) -> None:
         with self._wake:

@@ -7,9 +7,12 @@ through gives bit-identical results whatever else is in the batch (each checked 
 - base weights are prepacked for oneDNN (`torch.ops.mkldnn`, what torch.compile's CPU backend uses), 1.5x faster
   over SmolLM2's weights than `F.linear`, which re-lays out the weight on every call. oneDNN picks its kernel by
   the number of rows, and a row's bf16 result changes with the kernel (above 32 to 43 rows on SmolLM2's shapes,
-  above 21 on a 264x32 head; bench/lean_products.py). So every product takes exactly ROWS rows, padded with zero
-  rows: one kernel for every row of every step. Padding 8 rows to 32 costs 11% of the products here (their time
-  hardly depends on the row count at these shapes); everything between the products runs on the real rows only;
+  above 21 on a 264x32 head; bench/lean_products.py). So a decode step's products take ROWS rows at a time, and
+  a shape whose kernel is not proven to give every row the same bits at any count below ROWS (rows_are_exact,
+  probed once per shape) is padded with zero rows to ROWS: one kernel for every row of every step. On SmolLM2
+  all five shapes pass, and 8 rows unpadded take 19.0 against 22.6 ms for the 121 products. The inputs of padded
+  products are written into persistent zero-padded buffers (Packed.slot); everything between the products runs
+  on the real rows only;
 - each request owns a slot of the KV cache and attends over its own keys only, rounded up to a bucket of 64 with
   the rest masked (the bucket depends on the row's length alone), so rows of similar length share one call;
 - LoRA runs in fp32 with each row's own factors: x·Aᵀ as an elementwise product summed over the input (an fp32
@@ -26,6 +29,8 @@ projections. Adapters must not touch other modules (embeddings, the head, module
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,13 +40,17 @@ from lorakit.core.inject import wrappers
 from lorakit.core.layers import MAGNITUDE, LoraLinear
 from lorakit.core.state import ATTR
 
-ROWS = 32  # rows in every base-weight product of a decode step (and of the head): Packed pads to multiples of this
+ROWS = 32  # rows per base-weight product of a decode step (and of the head): padded to this unless rows_are_exact
 # Rows in every base-weight product of a prefill. A prompt's rows meet the same kernel alone or packed, and never
 # need to match a decode step's, so prefills can take larger products: here a pass over the weights costs 27.4 /
 # 29.2 / 37.1 ms at 32 / 64 / 128 rows. Prefilling 32 packed prompts (359 tokens) took 0.84x the time of 32-row
 # products at 64 rows and 0.75x at 128; one 11-token prompt 1.11x and 1.31x. 64 keeps a lone request's first token
 # nearly as fast.
 PREFILL_ROWS = 64
+# Most rows in one prefill product where every count from PREFILL_ROWS to this gives a PREFILL_ROWS-row product's
+# rows (rows_are_exact; on SmolLM2's shapes counts 37 to 255 share one kernel): 32 packed prompts (359 tokens) then
+# take two products per weight instead of six.
+PREFILL_MAX = 192
 BUCKET = 64  # a decode row attends over its key count rounded up to this (masked), so rows batch by width
 ATTN = ("q_proj", "k_proj", "v_proj")
 MLP = ("gate_proj", "up_proj")
@@ -75,23 +84,81 @@ class Packed:
         w = weight.detach().to(torch.bfloat16).contiguous()
         self.onednn = torch.backends.mkldnn.is_available()
         self.weight = torch.ops.mkldnn._reorder_linear_weight(w, ROWS) if self.onednn else w
+        self.out_features, self.in_features = w.shape
+        self.pads: dict[int, list] = {}  # rows -> [zero-padded input buffer (rows, in), rows in use]
+        self.most: dict[int, int] = {}
+        """rows -> the most rows one product may take for that product size, set by LeanLlama from rows_are_exact:
+        most[ROWS] = ROWS: fewer than ROWS rows go unpadded; most[PREFILL_ROWS] = PREFILL_MAX: a prefill's rows go
+        PREFILL_MAX at a time, only a last part under PREFILL_ROWS padded. Absent: `rows` at a time, padded."""
+
+    def unpadded(self, rows: int) -> bool:
+        """Whether products of fewer than `rows` rows go unpadded."""
+        return rows == ROWS and self.most.get(ROWS) == ROWS
+
+    def slot(self, n: int, rows: int = ROWS) -> torch.Tensor | None:
+        """Where to write an n-row input so that __call__ multiplies it without copying: the first n rows of a
+        persistent buffer whose other rows are zero (None when it would not be padded). Saves the allocation,
+        zero fill and concatenation of padding on each of a decode step's 121 products."""
+        if n > rows or self.unpadded(rows):
+            return None
+        pad = self.pads.get(rows)
+        if pad is None:
+            pad = self.pads[rows] = [torch.zeros(rows, self.in_features, dtype=torch.bfloat16), 0]
+        buf, used = pad
+        if used > n:
+            buf[n:used].zero_()  # rows a larger batch left behind: padding must stay exact zeros
+        pad[1] = n
+        return buf[:n]
 
     def __call__(self, x: torch.Tensor, rows: int = ROWS) -> torch.Tensor:
-        """x: (n, in) rows, multiplied `rows` at a time, the last product's missing rows filled with zeros."""
+        """x: (n, in) multiplied in products whose every row count gives each row the same bits: exactly `rows`
+        rows (the missing ones zeros), or where rows_are_exact allowed it (see `most`), fewer unpadded (decode) or
+        more at once (prefill)."""
         n = x.shape[0]
-        if n % rows:
-            x = torch.cat([x, x.new_zeros(_padded(n, rows) - n, x.shape[1])])
-        if x.shape[0] == rows:
-            y = self.product(x)
-        else:
-            y = torch.cat([self.product(x[i : i + rows]) for i in range(0, x.shape[0], rows)])
-        return y if y.shape[0] == n else y[:n]
+        if self.unpadded(rows):
+            if n <= rows:
+                return self.product(x.contiguous())
+            return torch.cat([self.product(x[i : i + rows].contiguous()) for i in range(0, n, rows)])
+        if n <= rows:
+            pad = self.pads.get(rows)
+            if pad is None or pad[1] != n or x.data_ptr() != pad[0].data_ptr():
+                self.slot(n, rows).copy_(x)
+            y = self.product(self.pads[rows][0])
+            return y if n == rows else y[:n]
+        most = self.most.get(rows, rows)
+        parts = [x[i : i + most] for i in range(0, n, most)]
+        return torch.cat([self(part, rows) if part.shape[0] <= rows else self.product(part.contiguous())
+                          for part in parts])
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
-        """One product of any number of rows (the forward only ever passes ROWS or PREFILL_ROWS)."""
+        """One product of any number of rows."""
         if self.onednn:
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
         return F.linear(x, self.weight)
+
+
+@functools.cache
+def rows_are_exact(out_features: int, in_features: int, threads: int, rows: int, counts: tuple[int, ...]) -> bool:
+    """Whether, for a prepacked (out, in) bf16 weight on this machine, a product of m rows, for every m in
+    `counts`, gives each row bit for bit what a `rows`-row product gives it. For m < ROWS = rows, a decode step's
+    products then need no padding (at 8 rows on SmolLM2: 19.0 against 22.6 ms for the 121 products); for m from
+    PREFILL_ROWS to PREFILL_MAX, a prefill takes fewer, larger products.
+
+    oneDNN picks its kernel by shape, row count and threads, never by the values, so one probe per shape decides.
+    Random data would be a weak probe: a kernel that sums in another order changes only ~1e-4 of bf16 outputs
+    (64- against 32-row products on SmolLM2). So the probe weight is built so that every output cancels: each
+    row's last column offsets the sum of the others, leaving |y| ~1000x below its terms, where fp32 rounding in
+    another order changes ~5% of the bf16 outputs (64 against 32 rows: 4-6% on all five SmolLM2 shapes). Every
+    row of the probe is the same vector, so a row's result must not depend on its position either."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(in_features, generator=g) * 16).to(torch.bfloat16)
+    w = (torch.randn(out_features, in_features, generator=g) * 16).to(torch.bfloat16)
+    partial = (w[:, :-1].double() * x[:-1].double()).sum(1)
+    w[:, -1] = (-partial / x[-1].double()).to(torch.bfloat16)
+    probe = Packed(w)
+    xs = x[None].expand(max((*counts, rows)), -1).contiguous()
+    first = probe.product(xs[:rows])[:1]
+    return all(bool((probe.product(xs[:m]) == first).all()) for m in (rows, *counts))
 
 
 class Block:
@@ -145,6 +212,14 @@ class LeanLlama:
             self.norm = _weight(inner.norm).to(torch.bfloat16)
             self.blocks = [Block(layer) for layer in inner.layers]
             self.head = Packed(_weight(model.lm_head))
+            # Products go unpadded or larger where this machine's kernels allow it (rows_are_exact), per shape.
+            threads = torch.get_num_threads()
+            for p in [p for b in self.blocks for p in (b.qkv, b.o, b.gate_up, b.down)] + [self.head]:
+                if rows_are_exact(p.out_features, p.in_features, threads, ROWS, tuple(range(1, ROWS))):
+                    p.most[ROWS] = ROWS
+                more = tuple(range(PREFILL_ROWS + 1, PREFILL_MAX + 1))
+                if p is not self.head and rows_are_exact(p.out_features, p.in_features, threads, PREFILL_ROWS, more):
+                    p.most[PREFILL_ROWS] = PREFILL_MAX
         # Module paths whose adapters this forward applies; by path, as adapters loaded later wrap new modules.
         self.known = {f"model.layers.{i}.{'self_attn' if t in ATTN + ('o_proj',) else 'mlp'}.{t}"
                       for i in range(len(self.blocks)) for t in TARGETS}
@@ -268,7 +343,8 @@ class LeanLlama:
         cos, sin = cos[0, :, None], _signed(sin[0, :, None])  # (P, 1, D)
         hd, nq, nkv = self.head_dim, self.heads, self.kv_heads
         for i, block in enumerate(self.blocks):
-            qkv = self._project(block.qkv, self._rms(h, block.norm1), tables[i].get("qkv"), spans)
+            qkv = self._project(block.qkv, self._rms(h, block.norm1, block.qkv.slot(total, PREFILL_ROWS)),
+                                tables[i].get("qkv"), spans)
             qk = _rotate(qkv[:, : (nq + nkv) * hd].view(total, nq + nkv, hd), cos, sin)
             v = qkv[:, (nq + nkv) * hd :].view(total, nkv, hd)
             out = h.new_empty(total, nq * hd)
@@ -303,7 +379,7 @@ class LeanLlama:
         attention = self._attention_groups(slots)
         hd, nq, nkv = self.head_dim, self.heads, self.kv_heads
         for i, block in enumerate(self.blocks):
-            qkv = self._project(block.qkv, self._rms(h, block.norm1), tables[i].get("qkv"))
+            qkv = self._project(block.qkv, self._rms(h, block.norm1, block.qkv.slot(b)), tables[i].get("qkv"))
             qk = qkv[:, : (nq + nkv) * hd].view(b, nq + nkv, hd)
             qk = _rotate(qk, cos, sin)
             self.keys[i].index_put_(at, qk[:, nq:])
@@ -348,14 +424,19 @@ class LeanLlama:
 
     def _block_rest(self, block: Block, table: dict, h: torch.Tensor, attn: torch.Tensor,
                     spans: list[tuple[int, int]] | None = None) -> torch.Tensor:
-        """Output projection and MLP with their residuals: h + o(attn), then + down(silu(gate)·up)."""
+        """Output projection and MLP with their residuals: h + o(attn), then + down(silu(gate)·up). The inputs of
+        the gate_up and down products are written straight into their padded buffers (Packed.slot)."""
+        n, rows = h.shape[0], ROWS if spans is None else PREFILL_ROWS
         h = h + self._project(block.o, attn, table.get("o"), spans)
-        gate, up = self._project(block.gate_up, self._rms(h, block.norm2), table.get("gate_up"), spans).chunk(2, -1)
-        return h + self._project(block.down, F.silu(gate) * up, table.get("down"), spans)
+        normed = self._rms(h, block.norm2, block.gate_up.slot(n, rows))
+        gate, up = self._project(block.gate_up, normed, table.get("gate_up"), spans).chunk(2, -1)
+        return h + self._project(block.down, torch.mul(F.silu(gate), up, out=block.down.slot(n, rows)),
+                                 table.get("down"), spans)
 
-    def _rms(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """LlamaRMSNorm: normalize in fp32, cast back, scale (F.rms_norm gives its fp32 result bit for bit)."""
-        return weight * F.rms_norm(h.float(), (h.shape[-1],), eps=self.eps).to(torch.bfloat16)
+    def _rms(self, h: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """LlamaRMSNorm: normalize in fp32, cast back, scale (F.rms_norm gives its fp32 result bit for bit);
+        into `out` when given."""
+        return torch.mul(weight, F.rms_norm(h.float(), (h.shape[-1],), eps=self.eps).to(torch.bfloat16), out=out)
 
     @staticmethod
     def _project(packed: Packed, x: torch.Tensor, groups: list[Group] | None,
@@ -379,7 +460,7 @@ class LeanLlama:
             t = (xs[:, None, :] * a).sum(-1)  # (n, Σr): a sum over `in` per row
             delta = torch.bmm(t[:, None], b)[:, 0]  # (n, out)
             if rows is None:
-                y.copy_(y.float() + delta)
+                y.add_(delta)  # computed in fp32 and rounded once, bit for bit y.copy_(y.float() + delta)
             else:
                 y.index_copy_(0, rows, (y.index_select(0, rows).float() + delta).to(y.dtype))
         return y
