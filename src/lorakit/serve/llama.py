@@ -128,9 +128,9 @@ class Packed:
             y = self.product(self.pads[rows][0])
             return y if n == rows else y[:n]
         most = self.most.get(rows, rows)
-        parts = [x[i : i + most] for i in range(0, n, most)]
-        return torch.cat([self(part, rows) if part.shape[0] <= rows else self.product(part.contiguous())
-                          for part in parts])
+        parts = [self(part, rows) if part.shape[0] <= rows else self.product(part.contiguous())
+                 for part in (x[i : i + most] for i in range(0, n, most))]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         """One product of any number of rows."""
