@@ -93,8 +93,8 @@ def test_every_row_is_bit_identical_alone_and_in_any_batch():
 def test_every_base_product_takes_a_row_count_proven_to_give_the_same_bits(monkeypatch):
     """The mechanism behind the invariance above: oneDNN picks its kernel by row count, so every decode product
     takes exactly ROWS rows and every prefill product PREFILL_ROWS, zero-padded, except where rows_are_exact
-    proved a range of counts equivalent for that shape on this machine: then decode products take the rows there
-    are (at most ROWS) and prefill products up to PREFILL_MAX (a last part under PREFILL_ROWS still padded)."""
+    proved other counts equivalent for that shape on this machine (Packed.sizes): then decode products take the
+    rows there are (at most ROWS) and prefill products up to PREFILL_MAX in steps of 16."""
     model = adapted_model()
     lean = LeanLlama(model)
     seen: list[tuple[str, llama.Packed, int]] = []
@@ -112,17 +112,39 @@ def test_every_base_product_takes_a_row_count_proven_to_give_the_same_bits(monke
         for slot in slots:
             lean.release(slot)
     for phase, packed, n in seen:
-        if phase == "decode" or packed is lean.head:  # the head takes a prefill's last rows like a decode step
-            assert n <= llama.ROWS if packed.unpadded(llama.ROWS) else n == llama.ROWS
-        else:
-            most = packed.most.get(llama.PREFILL_ROWS, llama.PREFILL_ROWS)
-            assert n == llama.PREFILL_ROWS or llama.PREFILL_ROWS < n <= most
+        # The head takes a prefill's last rows like a decode step's products.
+        kind = llama.ROWS if phase == "decode" or packed is lean.head else llama.PREFILL_ROWS
+        assert n in packed.sizes.get(kind, (kind,))
     tokens = [sum(map(len, prompts)) for prompts in batches]  # 3, 82, 70, 300
     for block in lean.blocks:
         for packed in (block.qkv, block.o, block.gate_up, block.down):
-            most = packed.most.get(llama.PREFILL_ROWS, llama.PREFILL_ROWS)
+            most = max(packed.sizes.get(llama.PREFILL_ROWS, (llama.PREFILL_ROWS,)))
             count = sum(phase == "prefill" and p is packed for phase, p, _ in seen)
-            assert count == sum(-(-t // most) for t in tokens)  # no more products than the counts allow
+            assert count == sum(-(-t // most) for t in tokens)  # the fewest products the sizes allow
+
+
+def test_the_row_count_probe_rejects_a_kernel_that_sums_in_another_order_for_few_rows(monkeypatch):
+    """rows_are_exact must catch a kernel whose rows change with the row count, even one that differs from the
+    ROWS-row kernel only in fp32 rounding and only for a single row: here a one-row product accumulated in fp64."""
+    product = llama.Packed.product
+    original = llama.Packed.__init__
+
+    def init(self, weight):
+        original(self, weight)
+        self.weight_plain = weight.detach().to(torch.bfloat16)
+
+    def by_count(self, x):
+        if x.shape[0] == 1:
+            return (x.double() @ self.weight_plain.double().t()).to(torch.bfloat16)
+        return product(self, x)
+
+    llama.rows_are_exact.cache_clear()
+    monkeypatch.setattr(llama.Packed, "__init__", init)
+    monkeypatch.setattr(llama.Packed, "product", by_count)
+    try:
+        assert not llama.rows_are_exact(512, 64, torch.get_num_threads(), llama.ROWS, tuple(range(1, llama.ROWS)))
+    finally:
+        llama.rows_are_exact.cache_clear()
 
 
 def test_the_cache_grows_under_running_rows_without_changing_them():

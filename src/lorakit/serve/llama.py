@@ -31,6 +31,7 @@ projections. Adapters must not touch other modules (embeddings, the head, module
 
 from __future__ import annotations
 
+import ctypes
 import functools
 
 import torch
@@ -49,9 +50,10 @@ ROWS = 32  # rows per base-weight product of a decode step (and of the head): pa
 # products at 64 rows and 0.75x at 128; one 11-token prompt 1.11x and 1.31x. 64 keeps a lone request's first token
 # nearly as fast.
 PREFILL_ROWS = 64
-# Most rows in one prefill product where every count from PREFILL_ROWS to this gives a PREFILL_ROWS-row product's
-# rows (rows_are_exact; on SmolLM2's shapes counts 37 to 255 share one kernel): 32 packed prompts (359 tokens) then
-# take two products per weight instead of six.
+# Most rows in one prefill product, where the counts PREFILL_ROWS, PREFILL_ROWS + 16, ..., PREFILL_MAX all give a
+# PREFILL_ROWS-row product's rows (rows_are_exact; on SmolLM2's shapes every count from 37 to 255 shares one
+# kernel): 32 packed prompts (359 tokens) then take two products per weight instead of six. Steps of 16 keep the
+# kernels oneDNN creates and caches (one per row count) to 9.
 PREFILL_MAX = 192
 BUCKET = 64  # a decode row attends over its key count rounded up to this (masked), so rows batch by width
 ATTN = ("q_proj", "k_proj", "v_proj")
@@ -80,32 +82,35 @@ def unsupported(model: nn.Module) -> str | None:
 
 
 class Packed:
-    """y = x·Wᵀ in bf16 with W prepacked for oneDNN (plain F.linear without it)."""
+    """y = x·Wᵀ in bf16 with W prepacked for oneDNN (plain F.linear without it), in products of allowed sizes."""
 
     def __init__(self, weight: torch.Tensor):
         w = weight.detach().to(torch.bfloat16).contiguous()
         self.onednn = torch.backends.mkldnn.is_available()
         self.weight = torch.ops.mkldnn._reorder_linear_weight(w, ROWS) if self.onednn else w
         self.out_features, self.in_features = w.shape
-        self.pads: dict[int, list] = {}  # rows -> [zero-padded input buffer (rows, in), rows in use]
-        self.most: dict[int, int] = {}
-        """rows -> the most rows one product may take for that product size, set by LeanLlama from rows_are_exact:
-        most[ROWS] = ROWS: fewer than ROWS rows go unpadded; most[PREFILL_ROWS] = PREFILL_MAX: a prefill's rows go
-        PREFILL_MAX at a time, only a last part under PREFILL_ROWS padded. Absent: `rows` at a time, padded."""
+        self.sizes: dict[int, tuple[int, ...]] = {}
+        """Product size (ROWS, PREFILL_ROWS) -> the row counts a product may take instead, ascending: LeanLlama
+        sets (1, ..., ROWS) and (PREFILL_ROWS, PREFILL_ROWS + 16, ..., PREFILL_MAX) where rows_are_exact proved
+        them equivalent. Absent: exactly that size."""
+        self.pads: dict[int, list] = {}  # row count -> [zero-padded input buffer (count, in), rows in use]
 
-    def unpadded(self, rows: int) -> bool:
-        """Whether products of fewer than `rows` rows go unpadded."""
-        return rows == ROWS and self.most.get(ROWS) == ROWS
+    def _size(self, n: int, rows: int) -> int:
+        """The row count of the product that takes n rows (n at most the largest allowed)."""
+        return next(c for c in self.sizes.get(rows, (rows,)) if c >= n)
 
     def slot(self, n: int, rows: int = ROWS) -> torch.Tensor | None:
         """Where to write an n-row input so that __call__ multiplies it without copying: the first n rows of a
-        persistent buffer whose other rows are zero (None when it would not be padded). Saves the allocation,
-        zero fill and concatenation of padding on each of a decode step's 121 products."""
-        if n > rows or self.unpadded(rows):
+        persistent buffer whose other rows are zero (None when n rows need no padding or one product cannot take
+        them). Saves the allocation, zero fill and concatenation of padding on each product that pads."""
+        if n > max(self.sizes.get(rows, (rows,))):
             return None
-        pad = self.pads.get(rows)
+        size = self._size(n, rows)
+        if size == n:
+            return None
+        pad = self.pads.get(size)
         if pad is None:
-            pad = self.pads[rows] = [torch.zeros(rows, self.in_features, dtype=torch.bfloat16), 0]
+            pad = self.pads[size] = [torch.zeros(size, self.in_features, dtype=torch.bfloat16), 0]
         buf, used = pad
         if used > n:
             buf[n:used].zero_()  # rows a larger batch left behind: padding must stay exact zeros
@@ -113,24 +118,19 @@ class Packed:
         return buf[:n]
 
     def __call__(self, x: torch.Tensor, rows: int = ROWS) -> torch.Tensor:
-        """x: (n, in) multiplied in products whose every row count gives each row the same bits: exactly `rows`
-        rows (the missing ones zeros), or where rows_are_exact allowed it (see `most`), fewer unpadded (decode) or
-        more at once (prefill)."""
+        """x: (n, in) multiplied in products of allowed row counts (`sizes`; the missing rows zeros), the largest
+        allowed at a time: every row meets the same kernel however many rows come with it."""
         n = x.shape[0]
-        if self.unpadded(rows):
-            if n <= rows:
-                return self.product(x.contiguous())
-            return torch.cat([self.product(x[i : i + rows].contiguous()) for i in range(0, n, rows)])
-        if n <= rows:
-            pad = self.pads.get(rows)
-            if pad is None or pad[1] != n or x.data_ptr() != pad[0].data_ptr():
-                self.slot(n, rows).copy_(x)
-            y = self.product(self.pads[rows][0])
-            return y if n == rows else y[:n]
-        most = self.most.get(rows, rows)
-        parts = [self(part, rows) if part.shape[0] <= rows else self.product(part.contiguous())
-                 for part in (x[i : i + most] for i in range(0, n, most))]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        most = max(self.sizes.get(rows, (rows,)))
+        if n > most:
+            return torch.cat([self(x[i : i + most], rows) for i in range(0, n, most)])
+        size = self._size(n, rows)
+        if size == n:
+            return self.product(x.contiguous())
+        buf = self.pads.get(size)
+        if buf is None or buf[1] != n or x.data_ptr() != buf[0].data_ptr():
+            self.slot(n, rows).copy_(x)
+        return self.product(self.pads[size][0])[:n]
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         """One product of any number of rows."""
@@ -155,8 +155,9 @@ def rows_are_exact(out_features: int, in_features: int, threads: int, rows: int,
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(in_features, generator=g) * 16).to(torch.bfloat16)
     w = (torch.randn(out_features, in_features, generator=g) * 16).to(torch.bfloat16)
-    partial = (w[:, :-1].double() * x[:-1].double()).sum(1)
-    w[:, -1] = (-partial / x[-1].double()).to(torch.bfloat16)
+    for i in range(0, out_features, 4096):  # in slices: the head's weight alone is 57 MB in bf16
+        part = w[i : i + 4096]
+        part[:, -1] = (-(part[:, :-1].float() @ x[:-1].float()) / x[-1].float()).to(torch.bfloat16)
     probe = Packed(w)
     xs = x[None].expand(max((*counts, rows)), -1).contiguous()
     first = probe.product(xs[:rows])[:1]
@@ -216,12 +217,14 @@ class LeanLlama:
             self.head = Packed(_weight(model.lm_head))
             # Products go unpadded or larger where this machine's kernels allow it (rows_are_exact), per shape.
             threads = torch.get_num_threads()
+            decode, prefill = tuple(range(1, ROWS + 1)), tuple(range(PREFILL_ROWS, PREFILL_MAX + 1, 16))
             for p in [p for b in self.blocks for p in (b.qkv, b.o, b.gate_up, b.down)] + [self.head]:
-                if rows_are_exact(p.out_features, p.in_features, threads, ROWS, tuple(range(1, ROWS))):
-                    p.most[ROWS] = ROWS
-                more = tuple(range(PREFILL_ROWS + 1, PREFILL_MAX + 1))
-                if p is not self.head and rows_are_exact(p.out_features, p.in_features, threads, PREFILL_ROWS, more):
-                    p.most[PREFILL_ROWS] = PREFILL_MAX
+                if rows_are_exact(p.out_features, p.in_features, threads, ROWS, decode[:-1]):
+                    p.sizes[ROWS] = decode
+                if p is not self.head and rows_are_exact(p.out_features, p.in_features, threads, PREFILL_ROWS,
+                                                         prefill[1:]):
+                    p.sizes[PREFILL_ROWS] = prefill
+        _trim()  # the probes' freed outputs otherwise stay in the process (~200 MB on SmolLM2)
         # Module paths whose adapters this forward applies; by path, as adapters loaded later wrap new modules.
         self.known = {f"model.layers.{i}.{'self_attn' if t in ATTN + ('o_proj',) else 'mlp'}.{t}"
                       for i in range(len(self.blocks)) for t in TARGETS}
@@ -466,6 +469,15 @@ class LeanLlama:
             else:
                 y.index_copy_(0, rows, (y.index_select(0, rows).float() + delta).to(y.dtype))
         return y
+
+def _trim() -> None:
+    """Hand freed heap memory back to the system (glibc's malloc_trim; a no-op elsewhere). glibc raises its mmap
+    threshold as large blocks are freed, so later mid-sized blocks come from the heap and stay mapped when freed."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
 
 def _bucket(keys: int) -> int:
     return -(-keys // BUCKET) * BUCKET
