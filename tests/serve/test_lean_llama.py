@@ -52,6 +52,21 @@ def test_the_lean_forward_gives_the_transformers_logits():
         torch.testing.assert_close(second, hf_logits(model, prompt + [token], adapter), atol=2e-2, rtol=0)
 
 
+def test_targets_of_one_adapter_with_different_scalings_get_each_their_own():
+    """An adapter whose targets scale differently (PEFT's alpha_pattern) takes the per-rank scaling path."""
+    model = adapted_model()
+    for path, module in lorakit.core.inject.wrappers(model):
+        if "a" in module.scaling:
+            module.scaling["a"] = 0.5 if path.endswith("q_proj") else 3.0
+    lean = LeanLlama(model)
+    prompt = [5, 9, 17, 3, 44, 2, 90, 61]
+    (slot,), first = lean.prefill([prompt], ["a"])
+    token = int(first[0].argmax())
+    second = lean.decode([slot], [token], ["a"])[0]
+    torch.testing.assert_close(first[0], hf_logits(model, prompt, "a"), atol=2e-2, rtol=0)
+    torch.testing.assert_close(second, hf_logits(model, prompt + [token], "a"), atol=2e-2, rtol=0)
+
+
 def test_every_row_is_bit_identical_alone_and_in_any_batch():
     """40 rows (more than one product takes), three adapter choices of different ranks, prompts of 1 to 80
     tokens (two attention widths) prefilled alone and packed together, rows in another order than their cache

@@ -61,10 +61,12 @@ MLP = ("gate_proj", "up_proj")
 PRODUCTS = {"qkv": ATTN, "o": ("o_proj",), "gate_up": MLP, "down": ("down_proj",)}
 TARGETS = tuple(t for targets in PRODUCTS.values() for t in targets)
 # One fused product's LoRA for rows whose adapters have the same ranks there: (row indices, or None for rows
-# 0..n-1; A of every adapted target stacked, (n, Σr, in); s·Bᵀ of every adapted target over the whole fused output,
+# 0..n-1; A of every adapted target stacked, (n, Σr, in); Bᵀ of every adapted target over the whole fused output,
 # (n, Σr, out), zero where a target is not adapted, so one product adds every target's update and an unadapted
-# span gets exact zeros).
-Group = tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]
+# span gets exact zeros; the scalings s, (n, 1) when each row's targets share one, else (n, Σr), fp32). A and B
+# stay in the factors' dtype (bf16 here): the arithmetic is fp32 either way (bf16 widens exactly), and the tables
+# a decode step reads are half the size.
+Group = tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def unsupported(model: nn.Module) -> str | None:
@@ -318,15 +320,20 @@ class LeanLlama:
     @staticmethod
     def _group(block: Block, modules: dict[str, LoraLinear], shape: tuple, rows: list[int], names: list[str],
                total: int, width: int) -> Group:
-        a = torch.stack([torch.cat([modules[t].lora_A[n].detach().float() for t, _ in shape]) for n in names])
-        b = torch.zeros(len(names), a.shape[1], width)
+        a = torch.stack([torch.cat([modules[t].lora_A[n].detach() for t, _ in shape]) for n in names])
+        b = a.new_zeros(len(names), a.shape[1], width)
+        scale = torch.empty(len(names), a.shape[1])
         r0 = 0
         for target, rank in shape:
             m = modules[target]
             lo, hi = block.spans[target]
-            b[:, r0 : r0 + rank, lo:hi] = torch.stack([m.lora_B[n].detach().float().t() * m.scaling[n] for n in names])
+            b[:, r0 : r0 + rank, lo:hi] = torch.stack([m.lora_B[n].detach().t() for n in names])
+            scale[:, r0 : r0 + rank] = torch.tensor([m.scaling[n] for n in names])[:, None]
             r0 += rank
-        return (None if len(rows) == total else torch.tensor(rows)), a, b
+        # One scaling per row (every target of an adapter alike, the usual case): applied to x, in the op that
+        # widens it to fp32; else per rank, to x·Aᵀ.
+        same = bool((scale == scale[:, :1]).all())
+        return (None if len(rows) == total else torch.tensor(rows)), a, b, scale[:, :1] if same else scale
 
     # ---- forward ----
 
@@ -453,17 +460,21 @@ class LeanLlama:
         spans[i], multiplied by its factors in fp32 products of exactly its own rows, as when it runs alone.
         """
         y = packed(x, ROWS if spans is None else PREFILL_ROWS)
-        for rows, a, b in groups or ():
+        for rows, a, b, scale in groups or ():
             n = a.shape[0]
             if spans is not None:
                 for j, request in enumerate(range(n) if rows is None else rows.tolist()):
                     start, end = spans[request]
                     mine = y[start:end]
-                    mine.copy_(mine.float() + (x[start:end].float() @ a[j].t()) @ b[j])
+                    t = (x[start:end].float() @ a[j].float().t()) * scale[j]
+                    mine.copy_(mine.float() + t @ b[j].float())
                 continue
-            xs = (x if rows is None else x.index_select(0, rows)).float()
-            t = (xs[:, None, :] * a).sum(-1)  # (n, Σr): a sum over `in` per row
-            delta = (t[:, :, None] * b).sum(1)  # (n, out)
+            xs = x if rows is None else x.index_select(0, rows)
+            if scale.shape[1] == 1:
+                t = (torch.mul(xs, scale)[:, None, :] * a).sum(-1)  # (n, Σr): fp32 sums over `in` per row
+            else:
+                t = (xs.float()[:, None, :] * a).sum(-1) * scale
+            delta = (t[:, :, None] * b).sum(1)  # (n, out): a sum over Σr per row, fp32 (not bmm: see docstring)
             if rows is None:
                 y.add_(delta)  # computed in fp32 and rounded once, bit for bit y.copy_(y.float() + delta)
             else:
