@@ -354,20 +354,37 @@ class LeanLlama:
         cos, sin = self.rotary(h, positions[None])  # (1, P, D)
         cos, sin = cos[0, :, None], _signed(sin[0, :, None])  # (P, 1, D)
         hd, nq, nkv = self.head_dim, self.heads, self.kv_heads
+        # Every token's key and value go to (its prompt's slot, every kv head, its position): one write per layer.
+        at = (torch.tensor(slots).repeat_interleave(torch.tensor(sizes))[:, None], torch.arange(nkv)[None, :],
+              positions[:, None])
+        # Prompts of one length attend in one call, batched (sdpa's rows do not depend on the batch: each prompt's
+        # heads are separate work items; checked alone against packed in tests/serve/test_lean_llama.py).
+        by_length: dict[int, list[int]] = {}
+        for j, n in enumerate(sizes):
+            by_length.setdefault(n, []).append(j)
+        groups = []
+        for n, members in by_length.items():
+            tokens = None if len(members) == len(sizes) else torch.cat([torch.arange(*spans[j]) for j in members])
+            groups.append((n, len(members), tokens))
         for i, block in enumerate(self.blocks):
             qkv = self._project(block.qkv, self._rms(h, block.norm1, block.qkv.slot(total, PREFILL_ROWS)),
                                 tables[i].get("qkv"), spans)
             qk = _rotate(qkv[:, : (nq + nkv) * hd].view(total, nq + nkv, hd), cos, sin)
             v = qkv[:, (nq + nkv) * hd :].view(total, nkv, hd)
-            out = h.new_empty(total, nq * hd)
-            for slot, (start, end) in zip(slots, spans, strict=True):
-                mine = qk[start:end].transpose(0, 1)  # (H+KV, T, D)
-                self.keys[i][slot, :, : end - start] = mine[nq:]
-                self.values[i][slot, :, : end - start] = v[start:end].transpose(0, 1)
-                got = F.scaled_dot_product_attention(mine[None, :nq], mine[None, nq:],
-                                                     v[None, start:end].transpose(1, 2), is_causal=True,
-                                                     enable_gqa=True)
-                out[start:end] = got[0].transpose(0, 1).reshape(end - start, -1)
+            self.keys[i].index_put_(at, qk[:, nq:])
+            self.values[i].index_put_(at, v)
+            out = None
+            for n, count, tokens in groups:
+                q_g, v_g = (qk, v) if tokens is None else (qk.index_select(0, tokens), v.index_select(0, tokens))
+                q_g = q_g.view(count, n, nq + nkv, hd).transpose(1, 2)  # (prompts, H+KV, T, D)
+                v_g = v_g.view(count, n, nkv, hd).transpose(1, 2)
+                got = F.scaled_dot_product_attention(q_g[:, :nq], q_g[:, nq:], v_g, is_causal=True, enable_gqa=True)
+                got = got.transpose(1, 2).reshape(count * n, nq * hd)
+                if tokens is None:
+                    out = got
+                else:
+                    out = h.new_empty(total, nq * hd) if out is None else out
+                    out.index_copy_(0, tokens, got)
             h = self._block_rest(block, tables[i], h, out, spans)
         for slot, n in zip(slots, sizes, strict=True):
             self.lengths[slot] = n
@@ -463,11 +480,16 @@ class LeanLlama:
         for rows, a, b, scale in groups or ():
             n = a.shape[0]
             if spans is not None:
-                for j, request in enumerate(range(n) if rows is None else rows.tolist()):
-                    start, end = spans[request]
-                    mine = y[start:end]
-                    t = (x[start:end].float() @ a[j].float().t()) * scale[j]
-                    mine.copy_(mine.float() + t @ b[j].float())
+                # Each request's tokens times its own factors, in fp32 products of exactly its rows; the updates
+                # then land in one add (fp32, rounded once, as the decode step's).
+                xf, af, bf = x.float(), a.float(), b.float() * scale[:, :, None]
+                requests = range(n) if rows is None else rows.tolist()
+                delta = torch.cat([(xf[slice(*spans[r])] @ af[j].t()) @ bf[j] for j, r in enumerate(requests)])
+                if rows is None:
+                    y.add_(delta)
+                else:
+                    tokens = torch.cat([torch.arange(*spans[r]) for r in requests])
+                    y.index_copy_(0, tokens, (y.index_select(0, tokens).float() + delta).to(y.dtype))
                 continue
             xs = x if rows is None else x.index_select(0, rows)
             if scale.shape[1] == 1:
