@@ -68,14 +68,15 @@ def test_targets_of_one_adapter_with_different_scalings_get_each_their_own():
 
 
 def test_every_row_is_bit_identical_alone_and_in_any_batch():
-    """40 rows (more than one product takes), three adapter choices of different ranks, prompts of 1 to 80
-    tokens (two attention widths) prefilled alone and packed together, rows in another order than their cache
-    slots, slots reused."""
+    """48 rows (more than one product takes), three adapter choices of different ranks, prompts of 1 to 80
+    tokens (two attention widths, several of one length, which attend in one batched call) prefilled alone and
+    packed together, rows in another order than their cache slots, slots reused."""
     model = adapted_model()
     lean = LeanLlama(model)
     rng = random.Random(0)
     jobs = [([rng.randrange(5, 260) for _ in range(rng.randrange(1, 30 if i % 5 else 80))], (None, "a", "b")[i % 3])
             for i in range(40)]
+    jobs += [([rng.randrange(5, 260) for _ in range(12)], (None, "a", "b")[i % 3]) for i in range(8)]  # one length
     steps = 5
 
     def alone(prompt: list[int], adapter: str | None) -> list[torch.Tensor]:
