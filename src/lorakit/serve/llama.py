@@ -15,15 +15,14 @@ through gives bit-identical results whatever else is in the batch (each checked 
   on the real rows only;
 - each request owns a slot of the KV cache and attends over its own keys only, rounded up to a bucket of 64 with
   the rest masked (the bucket depends on the row's length alone), so rows of similar length share one call;
-- LoRA runs in fp32 with each row's own factors: s·x·Aᵀ as an elementwise product summed over the input (an fp32
+- LoRA runs in fp32 with each row's own factors: x·Aᵀ as an elementwise product summed over the input (an fp32
   `bmm` over rows changes with the row count at this inner size, the elementwise sum does not), then one `bmm` of
-  those Σr values by Bᵀ per row over the whole fused output (zero where a target is not adapted: one product
+  those Σr values by s·Bᵀ per row over the whole fused output (zero where a target is not adapted: one product
   instead of one per target, for up to 2.5x the memory of the stacked factors with q,v adapters; at an inner size
   of Σr a row's `bmm` result was the same alone and among 2 to 64 rows for ranks 4 to 72, widths 32 to 3072), rows
-  grouped by rank so no row is padded to another adapter's rank. The scaling is applied to x as it widens to
-  fp32. Measured side by side: this against an elementwise second sum, 0.87-0.94x a step at 8 and 32 rows on a
-  busy machine (0.93-0.98x the other way on a quiet one, earlier); fp32 tables against bf16 ones, 0.89-0.90x (the
-  mixed-dtype products copied the tables to fp32 first);
+  grouped by rank so no row is padded to another adapter's rank. (Tried and reverted: an elementwise second sum,
+  bf16 tables, the scaling applied to x: with bench/lean_ab.py, which builds the two versions' forwards in the
+  order A B B A, they measured 3.5-4.5% slower together);
 - prompts joining together are prefilled packed into one batch, each through products of proven row counts (64
   to 192 here), its own LoRA products and its own causal attention (batched with the prompts of its length), so
   a prompt's first token never depends on the batch either.
@@ -34,6 +33,7 @@ projections. Adapters must not touch other modules (embeddings, the head, module
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import functools
 
@@ -64,10 +64,10 @@ MLP = ("gate_proj", "up_proj")
 PRODUCTS = {"qkv": ATTN, "o": ("o_proj",), "gate_up": MLP, "down": ("down_proj",)}
 TARGETS = tuple(t for targets in PRODUCTS.values() for t in targets)
 # One fused product's LoRA for rows whose adapters have the same ranks there: (row indices, or None for rows
-# 0..n-1; A of every adapted target stacked, (n, Σr, in); Bᵀ of every adapted target over the whole fused output,
+# 0..n-1; A of every adapted target stacked, (n, Σr, in); s·Bᵀ of every adapted target over the whole fused output,
 # (n, Σr, out), zero where a target is not adapted, so one product adds every target's update and an unadapted
-# span gets exact zeros; the scalings s, (n, 1) when each row's targets share one, else (n, Σr)). All fp32.
-Group = tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]
+# span gets exact zeros). All fp32.
+Group = tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]
 
 
 def unsupported(model: nn.Module) -> str | None:
@@ -99,17 +99,24 @@ class Packed:
         self.pads: dict[int, list] = {}  # row count -> [zero-padded input buffer (count, in), rows in use]
 
     def _size(self, n: int, rows: int) -> int:
-        """The row count of the product that takes n rows (n at most the largest allowed)."""
-        return next(c for c in self.sizes.get(rows, (rows,)) if c >= n)
+        """The row count of the product that takes n rows: n itself when allowed, else the next allowed count
+        above it, 0 when n is more than one product takes. Called for every product: kept to a dict lookup
+        and a bisect."""
+        sizes = self.sizes.get(rows)
+        if sizes is None:
+            return rows if n <= rows else 0
+        i = bisect.bisect_left(sizes, n)
+        return sizes[i] if i < len(sizes) else 0
 
     def slot(self, n: int, rows: int = ROWS) -> torch.Tensor | None:
         """Where to write an n-row input so that __call__ multiplies it without copying: the first n rows of a
         persistent buffer whose other rows are zero (None when n rows need no padding or one product cannot take
         them). Saves the allocation, zero fill and concatenation of padding on each product that pads."""
-        if n > max(self.sizes.get(rows, (rows,))):
+        sizes = self.sizes.get(rows)
+        if sizes is not None and n <= len(sizes) and sizes[n - 1] == n:  # a decode step's rows as they are
             return None
         size = self._size(n, rows)
-        if size == n:
+        if size == n or not size:
             return None
         pad = self.pads.get(size)
         if pad is None:
@@ -124,12 +131,15 @@ class Packed:
         """x: (n, in) multiplied in products of allowed row counts (`sizes`; the missing rows zeros), the largest
         allowed at a time: every row meets the same kernel however many rows come with it."""
         n = x.shape[0]
-        most = max(self.sizes.get(rows, (rows,)))
-        if n > most:
-            return torch.cat([self(x[i : i + most], rows) for i in range(0, n, most)])
+        sizes = self.sizes.get(rows)
+        if sizes is not None and n <= len(sizes) and sizes[n - 1] == n:  # a decode step's rows as they are
+            return self.product(x.contiguous())
         size = self._size(n, rows)
         if size == n:
             return self.product(x.contiguous())
+        if not size:
+            most = self.sizes.get(rows, (rows,))[-1]
+            return torch.cat([self(x[i : i + most], rows) for i in range(0, n, most)])
         buf = self.pads.get(size)
         if buf is None or buf[1] != n or x.data_ptr() != buf[0].data_ptr():
             self.slot(n, rows).copy_(x)
@@ -322,19 +332,14 @@ class LeanLlama:
     def _group(block: Block, modules: dict[str, LoraLinear], shape: tuple, rows: list[int], names: list[str],
                total: int, width: int) -> Group:
         a = torch.stack([torch.cat([modules[t].lora_A[n].detach().float() for t, _ in shape]) for n in names])
-        b = a.new_zeros(len(names), a.shape[1], width)
-        scale = torch.empty(len(names), a.shape[1])
+        b = torch.zeros(len(names), a.shape[1], width)
         r0 = 0
         for target, rank in shape:
             m = modules[target]
             lo, hi = block.spans[target]
-            b[:, r0 : r0 + rank, lo:hi] = torch.stack([m.lora_B[n].detach().float().t() for n in names])
-            scale[:, r0 : r0 + rank] = torch.tensor([m.scaling[n] for n in names])[:, None]
+            b[:, r0 : r0 + rank, lo:hi] = torch.stack([m.lora_B[n].detach().float().t() * m.scaling[n] for n in names])
             r0 += rank
-        # One scaling per row (every target of an adapter alike, the usual case): applied to x, in the op that
-        # widens it to fp32; else per rank, to x·Aᵀ.
-        same = bool((scale == scale[:, :1]).all())
-        return (None if len(rows) == total else torch.tensor(rows)), a, b, scale[:, :1] if same else scale
+        return (None if len(rows) == total else torch.tensor(rows)), a, b
 
     # ---- forward ----
 
@@ -479,25 +484,25 @@ class LeanLlama:
         spans[i], multiplied by its factors in fp32 products of exactly its own rows, as when it runs alone.
         """
         y = packed(x, ROWS if spans is None else PREFILL_ROWS)
-        for rows, a, b, scale in groups or ():
+        for rows, a, b in groups or ():
             n = a.shape[0]
             if spans is not None:
-                # Each request's tokens times its own factors, in fp32 products of exactly its rows; the updates
-                # then land in one add (fp32, rounded once, as the decode step's).
-                xf, af, bf = x.float(), a.float(), b.float() * scale[:, :, None]
+                # Each request's tokens times its own factors; the updates then land in one add (fp32, rounded
+                # once, as the decode step's). x·Aᵀ as the decode step takes it, an elementwise product summed
+                # over the input: MKL's fp32 GEMM at this inner size gave other bits on the process's first call
+                # than on later ones (lean forwards built side by side disagreed from the first prefill on).
+                xf = x.float()
                 requests = range(n) if rows is None else rows.tolist()
-                delta = torch.cat([(xf[slice(*spans[r])] @ af[j].t()) @ bf[j] for j, r in enumerate(requests)])
+                delta = torch.cat([(xf[slice(*spans[r]), None, :] * a[j]).sum(-1) @ b[j]
+                                   for j, r in enumerate(requests)])
                 if rows is None:
                     y.add_(delta)
                 else:
                     tokens = torch.cat([torch.arange(*spans[r]) for r in requests])
                     y.index_copy_(0, tokens, (y.index_select(0, tokens).float() + delta).to(y.dtype))
                 continue
-            xs = x if rows is None else x.index_select(0, rows)
-            if scale.shape[1] == 1:
-                t = (torch.mul(xs, scale)[:, None, :] * a).sum(-1)  # (n, Σr): fp32 sums over `in` per row
-            else:
-                t = (xs.float()[:, None, :] * a).sum(-1) * scale
+            xs = (x if rows is None else x.index_select(0, rows)).float()
+            t = (xs[:, None, :] * a).sum(-1)  # (n, Σr): a sum over `in` per row
             delta = torch.bmm(t[:, None], b)[:, 0]  # (n, out): one row's Σr-long sums, alone or in any batch
             if rows is None:
                 y.add_(delta)  # computed in fp32 and rounded once, bit for bit y.copy_(y.float() + delta)

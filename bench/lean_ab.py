@@ -1,0 +1,96 @@
+"""The lean forward's decode step, this checkout against another git revision's, side by side; prints JSON.
+
+SmolLM2-135M in bf16 with 8 rank-8 q,v adapters (random non-zero B), `--rows` requests over the 8 adapters.
+Two forwards of each version are built in the order A B B A (which of two otherwise identical forwards was built
+first moved their step times by 3-6% here), each prefills the requests, then `--steps` decode steps run all four
+in a rotating order; the first 5 steps are dropped. Reports each version's median step over its two forwards,
+the ratio, and whether both versions chose the same greedy tokens at every step (they should when a change keeps
+the arithmetic, and may not when it changes a summation order).
+
+    python bench/lean_ab.py --against HEAD~1 [--rows 8] [--steps 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import lorakit
+from lorakit.serve import llama as current
+
+sys.path.insert(0, str(Path(__file__).parent))
+import serve as bench  # noqa: E402 (the serving benchmark's model and prompts)
+
+
+def load_revision(rev: str):
+    """lorakit.serve.llama as it was at git revision `rev`, as a separate module."""
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "show", f"{rev}:src/lorakit/serve/llama.py"], cwd=root, check=True,
+                            capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "llama_at_revision.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("llama_at_revision", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--against", required=True, help="git revision of the other version (e.g. HEAD~1)")
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=40)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    model, tok = bench.base_model(False, "bfloat16")
+    for i in range(8):
+        lorakit.inject(model, lorakit.LoraConfig(rank=8, alpha=16, targets=("q_proj", "v_proj")), f"a{i}")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    prompts = [tok.encode(t) for t in bench.prompts(args.rows)]
+    names = [f"a{i % 8}" for i in range(args.rows)]
+    other = load_revision(args.against)
+    versions = {"this": current, args.against: other}
+    order = ["this", args.against, args.against, "this"]
+    engines = [(key, versions[key].LeanLlama(model)) for key in order]
+    state = []
+    for _, engine in engines:
+        slots, logits = engine.prefill(prompts, names)
+        state.append((slots, logits.argmax(-1).tolist()))
+    times: dict[str, list[float]] = {k: [] for k in versions}
+    same = True
+    for step in range(args.steps):
+        tokens: dict[str, list[int]] = {}
+        for i in [(step + j) % len(engines) for j in range(len(engines))]:
+            key, engine = engines[i]
+            slots, last = state[i]
+            t = time.perf_counter()
+            logits = engine.decode(slots, last, names)
+            if step >= 5:
+                times[key].append(time.perf_counter() - t)
+            chosen = logits.argmax(-1).tolist()
+            same &= tokens.setdefault(key, chosen) == chosen
+            state[i] = (slots, chosen)
+        same &= len({tuple(t) for t in tokens.values()}) == 1
+    medians = {k: round(1000 * statistics.median(v), 2) for k, v in times.items()}
+    json.dump({"rows": args.rows, "steps": args.steps, "median_step_ms": medians,
+               "this_over_other": round(medians["this"] / medians[args.against], 3),
+               "same_greedy_tokens": same}, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
