@@ -1,7 +1,7 @@
 """The lean forward on the real SmolLM2-135M, in a fresh process: a process's first prefill gives the same bits as
-every later one and as a second lean forward's. (A fresh process matters: an fp32 GEMM in the prefill's LoRA once
-gave other bits on the process's first prefill than on later ones; tiny test models did not show it.) Skips
-when the model package is missing; about 20 s."""
+every later one and as a second lean forward's. (A fresh process matters: an fp32 GEMM in the prefill's LoRA, and
+the RoPE cos computed in fp32, each gave other bits in a process's first forward than in later ones, the second
+only in some processes; tiny test models did not show either.) Skips when the model package is missing; ~10 s."""
 
 from __future__ import annotations
 

@@ -58,6 +58,7 @@ PREFILL_ROWS = 64
 # kernel): 32 packed prompts (359 tokens) then take two products per weight instead of six. Steps of 16 keep the
 # kernels oneDNN creates and caches (one per row count) to 9.
 PREFILL_MAX = 192
+ROPE_BLOCK = 256  # positions per block of the RoPE table (256 x 64 values: one thread computes a block)
 BUCKET = 64  # a decode row attends over its key count rounded up to this (masked), so rows batch by width
 ATTN = ("q_proj", "k_proj", "v_proj")
 MLP = ("gate_proj", "up_proj")
@@ -81,6 +82,9 @@ def unsupported(model: nn.Module) -> str | None:
         return f"hidden_act is {cfg.hidden_act!r}, not 'silu'"
     if next(model.parameters()).device.type != "cpu":
         return "the model is not on the CPU"
+    rope = getattr(getattr(model, "model", None), "rotary_emb", None)
+    if rope is None or getattr(rope, "rope_type", "default") not in ("default", "linear", "llama3"):
+        return f"its rotary embedding ({getattr(rope, 'rope_type', None)!r}) changes with the sequence length"
     return None
 
 
@@ -223,6 +227,7 @@ class LeanLlama:
         self.context = cfg.max_position_embeddings
         inner = model.model
         self.rotary = inner.rotary_emb
+        self._cos = self._sin = torch.empty(0, self.head_dim, dtype=torch.bfloat16)  # see _rope
         with torch.no_grad():
             self.embed = _weight(inner.embed_tokens).to(torch.bfloat16)
             self.norm = _weight(inner.norm).to(torch.bfloat16)
@@ -358,8 +363,7 @@ class LeanLlama:
         tables = self._tables(names)
         positions = torch.cat([torch.arange(n) for n in sizes])
         h = self.embed[torch.tensor([t for p in prompts for t in p])]  # (P, C)
-        cos, sin = self.rotary(h, positions[None])  # (1, P, D)
-        cos, sin = cos[0, :, None], _signed(sin[0, :, None])  # (P, 1, D)
+        cos, sin = self._rope(positions)  # (P, 1, D), sin signed for _rotate
         hd, nq, nkv = self.head_dim, self.heads, self.kv_heads
         # Every token's key and value go to (its prompt's slot, every kv head, its position): one write per layer.
         at = (torch.tensor(slots).repeat_interleave(torch.tensor(sizes))[:, None], torch.arange(nkv)[None, :],
@@ -408,8 +412,7 @@ class LeanLlama:
         tables = self._tables(names)
         positions = torch.tensor([self.lengths[s] for s in slots])
         h = self.embed[torch.tensor(tokens)]  # (B, C)
-        cos, sin = self.rotary(h, positions[:, None])  # (B, 1, D): one position per row
-        sin = _signed(sin)
+        cos, sin = self._rope(positions)  # (B, 1, D): one position per row
         # Where each row's new key and value go in a layer's cache (slot, every kv head, position).
         at = (torch.tensor(slots)[:, None], torch.arange(self.kv_heads)[None, :], positions[:, None])
         attention = self._attention_groups(slots)
@@ -439,6 +442,29 @@ class LeanLlama:
         for s in slots:
             self.lengths[s] += 1
         return self.head(self._rms(h, self.norm)).float()
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, signed sin) of each position, (n, 1, D) bf16: rows of a table grown in blocks of ROPE_BLOCK.
+
+        The model's rotary embedding computes these in fp32 on every call. On SmolLM2 in fresh processes, a
+        process's first lean forward now and then (3 to 4 of 10 processes) got a cos table from fp32 that
+        differed in one bf16 step from a second forward's built later in the same process; what in the process's
+        state made fp32 cos differ was not found (not MKL's reproducibility mode, not flush-to-zero; in a loop
+        the same call is always the same). Computed in float64 and rounded to bf16, 20 of 20 processes agreed
+        (tests/serve/test_lean_smollm2.py). A block's values do not depend on how many blocks the table has, so a
+        position's cos and sin never change while a forward lives. Within an ulp of the model's own values."""
+        top = int(positions.max()) + 1
+        if top > self._cos.shape[0]:
+            inv_freq = self.rotary.inv_freq.double()
+            scale = float(getattr(self.rotary, "attention_scaling", 1.0))
+            cos, sin = [self._cos], [self._sin]
+            for start in range(self._cos.shape[0], _padded(max(top, 2 * self._cos.shape[0]), ROPE_BLOCK), ROPE_BLOCK):
+                freqs = torch.arange(start, start + ROPE_BLOCK).double()[:, None] * inv_freq[None, :]
+                emb = torch.cat((freqs, freqs), dim=-1)
+                cos.append((emb.cos() * scale).to(torch.bfloat16))
+                sin.append(_signed((emb.sin() * scale).to(torch.bfloat16)))
+            self._cos, self._sin = torch.cat(cos), torch.cat(sin)
+        return self._cos[positions][:, None], self._sin[positions][:, None]
 
     def _attention_groups(self, slots: list[int]) -> list[tuple]:
         """Rows grouped by their key count rounded up to BUCKET: (rows or None for all, cache slots to gather or
