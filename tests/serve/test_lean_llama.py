@@ -183,6 +183,14 @@ def test_only_bf16_llama_models_on_the_cpu_take_the_lean_forward(tmp_path):
     bf16 = tiny_model().to(torch.bfloat16)
     assert Engine(bf16, tiny_tokenizer(), AdapterPool(bf16)).lean is not None
     assert Engine(bf16, tiny_tokenizer(), AdapterPool(bf16), lean=False).lean is None
+    # RoPE from a table needs a fixed inv_freq: dynamic scaling changes it with the sequence length.
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=264, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    dynamic = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    assert "rotary" in unsupported(dynamic)
+    assert Engine(dynamic, tiny_tokenizer(), AdapterPool(dynamic)).lean is None
 
 
 @pytest.mark.parametrize("config, problem", [
