@@ -109,6 +109,8 @@ class Packed:
         sizes = self.sizes.get(rows)
         if sizes is None:
             return rows if n <= rows else 0
+        if n <= len(sizes) and sizes[n - 1] == n:  # a decode step's rows as they are: no search
+            return n
         i = bisect.bisect_left(sizes, n)
         return sizes[i] if i < len(sizes) else 0
 
@@ -116,9 +118,6 @@ class Packed:
         """Where to write an n-row input so that __call__ multiplies it without copying: the first n rows of a
         persistent buffer whose other rows are zero (None when n rows need no padding or one product cannot take
         them). Saves the allocation, zero fill and concatenation of padding on each product that pads."""
-        sizes = self.sizes.get(rows)
-        if sizes is not None and n <= len(sizes) and sizes[n - 1] == n:  # a decode step's rows as they are
-            return None
         size = self._size(n, rows)
         if size == n or not size:
             return None
@@ -135,9 +134,6 @@ class Packed:
         """x: (n, in) multiplied in products of allowed row counts (`sizes`; the missing rows zeros), the largest
         allowed at a time: every row meets the same kernel however many rows come with it."""
         n = x.shape[0]
-        sizes = self.sizes.get(rows)
-        if sizes is not None and n <= len(sizes) and sizes[n - 1] == n:  # a decode step's rows as they are
-            return self.product(x.contiguous())
         size = self._size(n, rows)
         if size == n:
             return self.product(x.contiguous())
@@ -521,19 +517,16 @@ class LeanLlama:
                 requests = range(n) if rows is None else rows.tolist()
                 delta = torch.cat([(xf[slice(*spans[r]), None, :] * a[j]).sum(-1) @ b[j]
                                    for j, r in enumerate(requests)])
-                if rows is None:
-                    y.add_(delta)
-                else:
-                    tokens = torch.cat([torch.arange(*spans[r]) for r in requests])
-                    y.index_copy_(0, tokens, (y.index_select(0, tokens).float() + delta).to(y.dtype))
-                continue
-            xs = (x if rows is None else x.index_select(0, rows)).float()
-            t = (xs[:, None, :] * a).sum(-1)  # (n, Σr): a sum over `in` per row
-            delta = torch.bmm(t[:, None], b)[:, 0]  # (n, out): one row's Σr-long sums, alone or in any batch
-            if rows is None:
+                index = None if rows is None else torch.cat([torch.arange(*spans[r]) for r in requests])
+            else:
+                xs = (x if rows is None else x.index_select(0, rows)).float()
+                t = (xs[:, None, :] * a).sum(-1)  # (n, Σr): a sum over `in` per row
+                delta = torch.bmm(t[:, None], b)[:, 0]  # (n, out): one row's Σr-long sums, alone or in any batch
+                index = rows
+            if index is None:
                 y.add_(delta)  # computed in fp32 and rounded once, bit for bit y.copy_(y.float() + delta)
             else:
-                y.index_copy_(0, rows, (y.index_select(0, rows).float() + delta).to(y.dtype))
+                y.index_copy_(0, index, (y.index_select(0, index).float() + delta).to(y.dtype))
         return y
 
 
