@@ -15,14 +15,16 @@ through gives bit-identical results whatever else is in the batch (each checked 
   on the real rows only;
 - each request owns a slot of the KV cache and attends over its own keys only, rounded up to a bucket of 64 with
   the rest masked (the bucket depends on the row's length alone), so rows of similar length share one call;
-- LoRA with each row's own factors, as two `F.embedding_bag` sums per fused product (see Group): x·Aᵀ is the
-  sum of A's columns weighted by the row's inputs, the update the sum of s·Bᵀ's rows weighted by those Σr values
-  over the whole fused output (zero where a target is not adapted, so one sum serves every target). Each row is
-  its own bag, summed in a fixed order with fp32 accumulation and rounded to bf16 once per sum, so it does not
-  depend on the other rows; each distinct adapter's factors are stored once, not copied for every row using it;
-  rows are grouped by rank so none is padded to another adapter's rank. Against the fp32 per-row tables with an
-  elementwise sum and a `bmm` that this replaced (bench/lean_ab.py): decode step 0.93x at 32 rows over 8
-  adapters, 0.98-0.99x at 8. The bf16 factors round like a bf16 PEFT model's;
+- LoRA with each row's own factors, as two fp32 `F.embedding_bag` sums per fused product (see Group): x·Aᵀ is
+  the sum of A's columns weighted by the row's inputs, the update the sum of s·Bᵀ's rows weighted by those Σr
+  values over the whole fused output (zero where a target is not adapted, so one sum serves every target), added
+  to the bf16 product and rounded once. Each row is its own bag, summed in a fixed order, so it does not depend
+  on the other rows; each distinct adapter's factors are stored once, not copied for every row using it; rows
+  are grouped by rank so none is padded to another adapter's rank. Against the per-row tables with an
+  elementwise sum and a `bmm` that this replaced (bench/lean_ab.py): decode step 0.944-0.98x at 32 rows over 8
+  adapters, 0.99-1.0x at 8. (The same sums over bf16 factors were faster still, 0.93x at 32 rows, but in about
+  4 of 10 processes gave a prompt other bits alone than packed, one bf16 step in one of ~200 values; the cause
+  in embedding_bag's bf16 path was not found. tests/serve/test_lean_smollm2.py checks this in fresh processes.)
 - prompts joining together are prefilled packed into one batch, each through products of proven row counts (64
   to 192 here), its own LoRA sums (one bag per token) and its own causal attention (batched with the prompts of
   its length), so a prompt's first token never depends on the batch either.
@@ -72,7 +74,7 @@ class Group(NamedTuple):
     adapter among them are stored once, laid out as embedding tables, so that x·Aᵀ and then t·(s·B)ᵀ for every row
     are one `F.embedding_bag` each: a row is a bag of (table row, weight) pairs summed in a fixed order, so its
     result never depends on the other rows (each bag is its own sum), and no row's factors are copied per row.
-    bf16 tables; embedding_bag accumulates in fp32 and rounds each bag's sum once."""
+    fp32 (see the module docstring for bf16)."""
 
     rows: torch.Tensor | None
     """The batch rows in this group, ascending (None: every row)."""
@@ -350,8 +352,8 @@ class LeanLlama:
                total: int, width: int, bags: dict) -> Group:
         adapters = list(dict.fromkeys(names))  # each distinct adapter once, in order of first use
         slot = torch.tensor([adapters.index(n) for n in names])
-        a = torch.stack([torch.cat([modules[t].lora_A[n].detach() for t, _ in shape]) for n in adapters])
-        b = torch.zeros(len(adapters), a.shape[1], width, dtype=torch.bfloat16)
+        a = torch.stack([torch.cat([modules[t].lora_A[n].detach().float() for t, _ in shape]) for n in adapters])
+        b = torch.zeros(len(adapters), a.shape[1], width)
         r0 = 0
         for target, rank in shape:
             m = modules[target]
@@ -363,7 +365,7 @@ class LeanLlama:
         if key not in bags:
             bags[key] = _bags(slot, a.shape[2], a.shape[1])
         return Group(None if len(rows) == total else torch.tensor(rows), slot,
-                     a.transpose(1, 2).reshape(-1, a.shape[1]).to(torch.bfloat16), b.view(-1, width), bags[key])
+                     a.transpose(1, 2).reshape(-1, a.shape[1]), b.view(-1, width), bags[key])
 
     # ---- forward ----
 
@@ -537,13 +539,13 @@ class LeanLlama:
                 index = None if group.rows is None else torch.cat([torch.arange(*spans[r]) for r in requests])
                 tokens = torch.tensor([spans[r][1] - spans[r][0] for r in requests])
                 bags = _bags(group.slot.repeat_interleave(tokens), x.shape[1], group.a.shape[1])
-            xs = x if index is None else x.index_select(0, index)
+            xs = (x if index is None else x.index_select(0, index)).float()
             t = F.embedding_bag(bags[0], group.a, bags[1], mode="sum", per_sample_weights=xs.reshape(-1))  # (n, Σr)
             delta = F.embedding_bag(bags[2], group.b, bags[3], mode="sum", per_sample_weights=t.view(-1))
             if index is None:
-                y.add_(delta)
+                y.add_(delta)  # computed in fp32 and rounded once, bit for bit y.copy_(y.float() + delta)
             else:
-                y.index_copy_(0, index, y.index_select(0, index) + delta)
+                y.index_copy_(0, index, (y.index_select(0, index).float() + delta).to(y.dtype))
         return y
 
 
