@@ -359,7 +359,7 @@ class LeanLlama:
             m = modules[target]
             lo, hi = block.spans[target]
             b[:, r0 : r0 + rank, lo:hi] = torch.stack([m.lora_B[n].detach().float().t() * m.scaling[n]
-                                                        for n in adapters])  # scaled in fp32, rounded once
+                                                        for n in adapters])
             r0 += rank
         key = (tuple(slot.tolist()), a.shape[2], a.shape[1])
         if key not in bags:
