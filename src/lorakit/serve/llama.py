@@ -379,7 +379,7 @@ class LeanLlama:
         sizes = [len(p) for p in prompts]
         slots = [self._slot(n) for n in sizes]
         ends = torch.tensor(sizes).cumsum(0).tolist()
-        spans = [(end - n, end) for n, end in zip(sizes, ends, strict=True)]
+        spans = Spans([(end - n, end) for n, end in zip(sizes, ends, strict=True)])
         total = ends[-1]
         tables = self._tables(names)
         positions = torch.cat([torch.arange(n) for n in sizes])
@@ -396,7 +396,7 @@ class LeanLlama:
             by_length.setdefault(n, []).append(j)
         groups = []
         for n, members in by_length.items():
-            tokens = None if len(members) == len(sizes) else torch.cat([torch.arange(*spans[j]) for j in members])
+            tokens = None if len(members) == len(sizes) else torch.cat([torch.arange(*spans.of[j]) for j in members])
             groups.append((n, len(members), tokens))
         for i, block in enumerate(self.blocks):
             qkv = self._project(block.qkv, self._rms(h, block.norm1, block.qkv.slot(total, PREFILL_ROWS)),
@@ -506,7 +506,7 @@ class LeanLlama:
         return groups
 
     def _block_rest(self, block: Block, table: dict, h: torch.Tensor, attn: torch.Tensor,
-                    spans: list[tuple[int, int]] | None = None) -> torch.Tensor:
+                    spans: Spans | None = None) -> torch.Tensor:
         """Output projection and MLP with their residuals: h + o(attn), then + down(silu(gate)·up). The inputs of
         the gate_up and down products are written straight into their padded buffers (Packed.slot)."""
         n, rows = h.shape[0], ROWS if spans is None else PREFILL_ROWS
@@ -522,23 +522,20 @@ class LeanLlama:
         return torch.mul(weight, F.rms_norm(h.float(), (h.shape[-1],), eps=self.eps).to(torch.bfloat16), out=out)
 
     @staticmethod
-    def _project(packed: Packed, x: torch.Tensor, groups: list[Group] | None,
-                 spans: list[tuple[int, int]] | None = None) -> torch.Tensor:
+    def _project(packed: Packed, x: torch.Tensor, groups: list[Group] | None, spans: Spans | None = None
+                 ) -> torch.Tensor:
         """The fused base product plus each LoRA group's update on its targets' spans of the output.
 
-        A decode step (no spans): row i is request i's token. A prefill: request i's tokens are rows spans[i]. Either
-        way each row is one bag of each embedding_bag sum (Group), with its request's adapter, so its update is
-        the same alone as in any batch.
+        A decode step (no spans): row i is request i's token. A prefill: request i's tokens are rows spans.of[i].
+        Either way each row is one bag of each embedding_bag sum (Group), with its request's adapter, so its update
+        is the same alone as in any batch.
         """
         y = packed(x, ROWS if spans is None else PREFILL_ROWS)
         for group in groups or ():
             if spans is None:
                 index, bags = group.rows, group.bags
-            else:  # a prefill: each request's tokens are rows with its adapter
-                requests = range(len(group.slot)) if group.rows is None else group.rows.tolist()
-                index = None if group.rows is None else torch.cat([torch.arange(*spans[r]) for r in requests])
-                tokens = torch.tensor([spans[r][1] - spans[r][0] for r in requests])
-                bags = _bags(group.slot.repeat_interleave(tokens), x.shape[1], group.a.shape[1])
+            else:
+                index, bags = spans.bags(group, x.shape[1])
             xs = (x if index is None else x.index_select(0, index)).float()
             t = F.embedding_bag(bags[0], group.a, bags[1], mode="sum", per_sample_weights=xs.reshape(-1))  # (n, Σr)
             delta = F.embedding_bag(bags[2], group.b, bags[3], mode="sum", per_sample_weights=t.view(-1))
@@ -547,6 +544,27 @@ class LeanLlama:
             else:
                 y.index_copy_(0, index, (y.index_select(0, index).float() + delta).to(y.dtype))
         return y
+
+
+class Spans:
+    """A prefill's packed prompts: request i's tokens are rows of[i] = (start, end). Each request's rows use its
+    adapter, so a Group's bags go one per token; they are built once per prefill for every layer whose group has
+    the same rows and table layout, as the decode step's are (LeanLlama._tables)."""
+
+    def __init__(self, of: list[tuple[int, int]]):
+        self.of = of
+        self._bags: dict[tuple, tuple] = {}
+
+    def bags(self, group: Group, inner: int) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...]]:
+        """(the token rows of the group's requests, or None for every row; their bags, see _bags)."""
+        rank = group.a.shape[1]
+        key = (tuple(group.slot.tolist()), None if group.rows is None else tuple(group.rows.tolist()), inner, rank)
+        if key not in self._bags:
+            requests = range(len(group.slot)) if group.rows is None else group.rows.tolist()
+            index = None if group.rows is None else torch.cat([torch.arange(*self.of[r]) for r in requests])
+            tokens = torch.tensor([self.of[r][1] - self.of[r][0] for r in requests])
+            self._bags[key] = index, _bags(group.slot.repeat_interleave(tokens), inner, rank)
+        return self._bags[key]
 
 
 def _bags(slot: torch.Tensor, inner: int, rank: int) -> tuple[torch.Tensor, ...]:
