@@ -2,7 +2,9 @@
 
 Times ways of adding s·B·A into every W, each after touching 192 MB of other memory (as after another model's
 work), interleaved over rounds, medians:
-  addmm          W.addmm_(B, A, alpha=s) per layer, one Python thread (what lorakit.merge does)
+  fused          lorakit's fused kernel (core/kernel.py): every row of every W read once, its update added, written
+                 back, in one call on torch's threads (what lorakit.merge does for fp32 CPU weights)
+  addmm          W.addmm_(B, A, alpha=s) per layer, one Python thread (lorakit.merge's fallback)
   mm_only        B·A into an L2-resident buffer, W untouched: the rank-8 GEMM's compute alone
   mm_then_add    B·A into that buffer, then W.add_(buffer, alpha=s)
   rows64         addmm_ on 64-row slices of W
@@ -24,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from lorakit.core import kernel
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,6 +40,11 @@ def main() -> None:
     as_ = [torch.randn(8, i) * 0.01 for _, i in shapes]
     other = torch.randn(48 * 1024 * 1024)  # 192 MB
     buf = torch.empty(576 * 576)
+
+    run = kernel.fused([(w, b, a, 0.5) for w, b, a in zip(ws, bs, as_, strict=True)])
+
+    def fused() -> None:
+        run(1.0)
 
     def addmm() -> None:
         for w, b, a in zip(ws, bs, as_, strict=True):
@@ -80,9 +89,10 @@ def main() -> None:
                     times[k].append(time.perf_counter() - t)
         return {k: round(1000 * statistics.median(v), 2) for k, v in times.items()}
 
+    variants = {"fused": fused} if run is not None else {}
+    variants.update(addmm=addmm, mm_only=mm_only, mm_then_add=mm_then_add, rows64=rows64, floor=floor)
     out = {"threads": torch.get_num_threads(), "rounds": args.rounds, "torch": torch.__version__,
-           "ms": measure({"addmm": addmm, "mm_only": mm_only, "mm_then_add": mm_then_add, "rows64": rows64,
-                          "floor": floor})}
+           "kernel": kernel.status(), "ms": measure(variants)}
     out["ms"].update(measure({"python_threads": python_threads}))
     json.dump(out, sys.stdout, indent=2)
     print()

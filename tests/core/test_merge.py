@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 import pytest
 import torch
 from tiny import randomize, tiny_bert, tiny_gpt2, tiny_llama
@@ -9,6 +11,7 @@ from torch import nn
 
 import lorakit
 from lorakit import LoraConfig, MergeError
+from lorakit.core import kernel
 from lorakit.core.inject import wrappers
 from lorakit.core.merge import delta_weight
 
@@ -158,3 +161,79 @@ def test_merge_follows_a_replaced_weight_parameter(ids):
         assert (model(ids).logits - unmerged).abs().max() <= 1e-5
     assert torch.equal(old, before)  # a stale plan would have written into the replaced parameter
     assert not torch.equal(layer.base_layer.weight, before)
+
+
+def _fused_linear(model: nn.Module) -> None:
+    """Put a loralib-style fused q,k,v Linear (out = 3 x hidden) with only q and v adapted into a tiny Llama's
+    first layer, so a merge has row slices of one weight as well as whole weights."""
+    attn = model.model.layers[0].self_attn
+    attn.qkv = nn.Linear(attn.q_proj.in_features, 3 * attn.q_proj.out_features, bias=False)
+
+
+@pytest.mark.skipif(kernel.status() != "fused kernel", reason=f"merge kernel not available: {kernel.status()}")
+def test_the_fused_merge_kernel_agrees_with_addmm_to_fp32_rounding(ids, monkeypatch):
+    model = tiny_llama()
+    _fused_linear(model)
+    lorakit.inject(model, LoraConfig(rank=4, alpha=8, targets=("q_proj", "v_proj", "down_proj", "qkv"),
+                                     slices={"qkv": (True, False, True)}))
+    randomize(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    lorakit.merge(model)
+    fused = {n: p.detach().clone() for n, p in model.named_parameters()}
+    k = slice(model.config.hidden_size, 2 * model.config.hidden_size)  # the fused weight's k rows: not adapted
+    assert fused["model.layers.0.self_attn.qkv.base_layer.weight"][k].equal(
+        before["model.layers.0.self_attn.qkv.base_layer.weight"][k])
+    lorakit.unmerge(model)
+    monkeypatch.setattr(kernel, "_loaded", (None, "disabled by the test"))
+    copy = tiny_llama()
+    _fused_linear(copy)
+    lorakit.inject(copy, LoraConfig(rank=4, alpha=8, targets=("q_proj", "v_proj", "down_proj", "qkv"),
+                                    slices={"qkv": (True, False, True)}))
+    copy.load_state_dict(before)
+    lorakit.merge(copy)
+    changed = 0
+    for n, p in copy.named_parameters():
+        scale = before[n].abs().max().item() + 1e-30
+        assert (p.detach() - fused[n]).abs().max().item() <= 1e-6 * scale, n
+        changed += not p.detach().equal(before[n])
+    assert changed == 2 * 2 + 2 + 1  # q,v in both layers, down_proj in both, the fused qkv
+
+
+def test_merged_weights_gives_the_bits_an_in_place_merge_writes():
+    model = tiny_llama()
+    lorakit.inject(model, LoraConfig(rank=4, targets=("q_proj", "v_proj", "embed_tokens")))
+    randomize(model)
+    pure = lorakit.merged_weights(model)
+    lorakit.merge(model)
+    for path, w in pure.items():
+        assert torch.equal(model.get_submodule(path.rsplit(".", 1)[0]).base_layer.weight, w), path
+
+
+def test_a_deep_copy_merges_into_its_own_weights(ids):
+    # A merge prepares its kernel call with pointers into the weights; a copy of the model must not reuse them.
+    model = tiny_llama()
+    lorakit.inject(model, LoraConfig(rank=4))
+    randomize(model)
+    lorakit.merge(model)
+    lorakit.unmerge(model)
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    copy = deepcopy(model)
+    with torch.no_grad():
+        unmerged = copy(ids).logits
+        lorakit.merge(copy)
+        assert (copy(ids).logits - unmerged).abs().max() <= 1e-5
+    assert all(torch.equal(p, original[n]) for n, p in model.named_parameters())
+
+
+def test_without_a_compiler_merges_fall_back_to_addmm(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(kernel, "_loaded", None)
+    assert kernel.status().startswith("addmm_ (could not build merge_kernel.c")
+    model = tiny_llama()
+    lorakit.inject(model, LoraConfig(rank=4))
+    randomize(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    lorakit.merge(model)
+    lorakit.unmerge(model)
+    assert max((p - before[n]).abs().max().item() for n, p in model.named_parameters()) <= 1e-6

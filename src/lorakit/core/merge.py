@@ -1,7 +1,8 @@
 """Merge ΔW = s·B·A into W (and back), the pure ΔW / merged-weights functions, and adapter combination.
 
-Every path goes through `layers.apply_delta`: W[index] += sign·s·(left @ right), the single merge formula. Merging in
-place with addmm_ never materializes ΔW, so it costs one pass over the adapted weights (section 4.2: no added
+Every path computes W[index] += sign·s·(left @ right), the single merge formula: `layers.apply_delta` with addmm_,
+or for fp32 CPU weights merged in place the fused kernel (core/kernel.py), which adds each row's update as it reads
+the row. Neither materializes ΔW, so a merge costs about one pass over the adapted weights (section 4.2: no added
 inference latency once merged).
 """
 
@@ -12,10 +13,11 @@ import math
 import torch
 from torch import nn
 
+from lorakit.core import kernel
 from lorakit.core.config import LoraConfig
 from lorakit.core.errors import AdapterError, MergeError
 from lorakit.core.inject import state_of, wrappers
-from lorakit.core.layers import MAGNITUDE, Part, apply_delta, put_adapter
+from lorakit.core.layers import MAGNITUDE, WHOLE, Part, apply_delta, put_adapter
 
 
 def lora_layers(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
@@ -47,7 +49,7 @@ def merge(model: nn.Module, name: str = "default", safe: bool = True) -> nn.Modu
     if safe:
         _check_finite(todo, name, bound)
     with torch.no_grad():
-        _apply_all(todo, 1.0, bound)
+        _apply_all(model, name, todo, 1.0, bound)
         for (_, m, w2, _, _), factor in zip(todo, factors, strict=True):
             if factor is not None:
                 _scale_outputs(m, w2, factor)
@@ -69,7 +71,7 @@ def unmerge(model: nn.Module) -> nn.Module:
                 if factor is not None:
                     _scale_outputs(m, w2, factor, divide=True)
             bound = _bound(model, name, plan) if _tracking(todo) else math.inf
-            _apply_all(todo, -1.0, bound)
+            _apply_all(model, name, todo, -1.0, bound)
             for _, m, _, _, _ in todo:
                 m.merged.remove(name)
     return model
@@ -131,8 +133,51 @@ def _plan(model: nn.Module, name: str) -> list[tuple[str, nn.Module, torch.Tenso
         return hit[1]
     plan = [(p, m, m.weight_2d(), m.delta_parts(name), m.scaling[name]) for p, m in lora_layers(model, name)]
     sources = [(m.base_layer._parameters, m.lora_A._parameters, m.lora_B._parameters) for _, m, _, _, _ in plan]
-    plans[1][name] = (_storage_key(sources, name), plan, sources)
+    plans[1][name] = (_storage_key(sources, name), plan, sources, _Calls())
     return plan
+
+
+class _Calls(dict):
+    """A plan's prepared kernel calls. They hold raw pointers into this model's weights, so a copy of the model
+    (deepcopy, pickle) starts without them and prepares its own."""
+
+    def __deepcopy__(self, memo: dict) -> _Calls:
+        return _Calls()
+
+    def __reduce__(self) -> tuple:
+        return _Calls, ()
+
+
+def _calls(model: nn.Module, name: str, todo: list) -> tuple[kernel.Fused | None, list]:
+    """_prepare(todo), once per plan and choice of layers: the kernel call holds pointers into the plan's views,
+    so it lives in the plan's cache entry and goes with it (_plan replaces the entry when any storage changes)."""
+    calls = state_of(model)._merge_plans[1][name][3]
+    key = tuple(e[0] for e in todo)
+    if key not in calls:
+        calls[key] = _prepare([(w2, parts, scale) for _, _, w2, parts, scale in todo])
+    return calls[key]
+
+
+def _prepare(layers: list[tuple[torch.Tensor, list[Part], float]]) -> tuple[kernel.Fused | None, list]:
+    """For W += s·left @ right on every part of every (W, parts, s): one fused-kernel call for all the parts it
+    takes (None if none), and [(W view, left, right, s)] for the rest, which go through apply_delta's addmm_."""
+    fast, rest = [], []
+    for w2, parts, scale in layers:
+        for index, left, right in parts:
+            target = (w2 if index is WHOLE else w2[index], left, right, scale)
+            (fast if kernel.eligible(*target[:3]) else rest).append(target)
+    run = kernel.fused(fast)
+    return run, rest if run is not None else fast + rest
+
+
+def _run(run: kernel.Fused | None, rest: list, sign: float, weights: list[torch.Tensor]) -> None:
+    """Carry out a _prepare'd update with this sign; `weights` are the Ws it writes."""
+    with torch.no_grad():
+        if run is not None:
+            run(sign)
+            torch.autograd.graph.increment_version(weights)  # the kernel wrote outside autograd's view
+        for w, left, right, scale in rest:
+            apply_delta(w, [(WHOLE, left, right)], sign * scale)
 
 
 def _storage_key(sources: list[tuple[dict, dict, dict]], name: str) -> tuple:
@@ -169,30 +214,24 @@ def _bound(model: nn.Module, name: str, plan: list) -> float:
     return hit[1]
 
 
-def _apply_all(todo: list, sign: float, bound: float) -> None:
-    """_apply_tracked on every planned layer, one after another.
+def _apply_all(model: nn.Module, name: str, todo: list, sign: float, bound: float) -> None:
+    """W += sign·s·left @ right for every part of every planned layer: one fused-kernel call for those it takes,
+    addmm_ for the rest, keeping each layer's cached max|W| a valid upper bound so the next safe merge skips a scan.
 
-    Each addmm_ already runs on every intra-op thread. Splitting the layers over two Python threads as well was
-    slower (bench/merge_floor.py: 8.2 ms against 5.6 ms for SmolLM2's q,v weights out of cache) and left extra
-    OpenMP teams spinning that slowed whatever ran next.
+    One Python thread: splitting addmm_ over two as well was slower (bench/merge_floor.py: 8.2 ms against 5.6 ms
+    for SmolLM2's q,v weights out of cache) and left extra OpenMP teams spinning that slowed whatever ran next.
     """
-    with torch.no_grad():
-        for _, m, w2, parts, scale in todo:
-            _apply_tracked(m, w2, parts, sign * scale, bound)
+    caches = [getattr(m, "_absmax_cache", None) for _, m, _, _, _ in todo]
+    fresh = [c is not None and c[0] == w2._version for c, (_, _, w2, _, _) in zip(caches, todo, strict=True)]
+    _run(*_calls(model, name, todo), sign, [e[2] for e in todo])
+    for (_, m, w2, _, scale), cached, ok in zip(todo, caches, fresh, strict=True):
+        if ok:  # straight into __dict__, where Module.__setattr__ puts it after ~5 µs of type checks
+            m.__dict__["_absmax_cache"] = (w2._version, cached[1] + abs(scale) * bound)
 
 
 def _tracking(todo: list) -> bool:
     """Whether any layer holds a cached max|W| that merging must keep a valid upper bound."""
     return any(getattr(e[1], "_absmax_cache", None) is not None for e in todo)
-
-
-def _apply_tracked(m: nn.Module, w2: torch.Tensor, parts: list[Part], scale: float, bound: float) -> None:
-    """apply_delta on a layer, keeping its cached max|W| a valid upper bound so the next safe merge skips a scan."""
-    cached = getattr(m, "_absmax_cache", None)
-    fresh = cached is not None and cached[0] == w2._version
-    apply_delta(w2, parts, scale)
-    if fresh:
-        m._absmax_cache = (w2._version, cached[1] + abs(scale) * bound)
 
 
 def _check_finite(todo: list, name: str, bound: float) -> None:
@@ -242,11 +281,13 @@ def merged_weights(model: nn.Module, name: str = "default") -> dict[str, torch.T
     out: dict[str, torch.Tensor] = {}
     plan = _plan(model, name)
     factors = _dora_factors(plan, name, safe=True)
+    copies = [m.base_layer.weight.detach().clone() for _, m, _, _, _ in plan]
+    views = [w.view(w.shape[0], -1) for w in copies]
+    # The parts index the 2-D view of each weight as stored, as merge's do: the same formula, the same bits.
+    _run(*_prepare([(w2, parts, scale) for w2, (_, _, _, parts, scale) in zip(views, plan, strict=True)]), 1.0,
+         views)
     with torch.no_grad():
-        for (path, m, _, parts, scale), factor in zip(plan, factors, strict=True):
-            w = m.base_layer.weight.detach().clone()
-            w2 = w.view(w.shape[0], -1)
-            apply_delta(w2, parts, scale)
+        for (path, m, _, _, _), w, w2, factor in zip(plan, copies, views, factors, strict=True):
             if factor is not None:
                 _scale_outputs(m, w2, factor)
             out[f"{path}.weight"] = w

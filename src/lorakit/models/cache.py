@@ -1,23 +1,17 @@
 """lorakit's cache directory, and writing a directory into it all at once or not at all."""
 
-import os
 import shutil
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from lorakit.core.paths import cache_root
+
+__all__ = ["cache_root", "write_atomically"]
+
 STALE_TEMP_SECONDS = 24 * 3600
 """A temporary directory older than this was left by a killed writer, not by one still writing."""
-
-
-def cache_root() -> Path:
-    """`$LORAKIT_CACHE`, else `$XDG_CACHE_HOME/lorakit`, else `~/.cache/lorakit`."""
-    if os.environ.get("LORAKIT_CACHE"):
-        return Path(os.environ["LORAKIT_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "lorakit"
-    return Path.home() / ".cache" / "lorakit"
 
 
 def write_atomically(final: Path, write: Callable[[Path], None]) -> Path:
