@@ -143,17 +143,22 @@ class LoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
-        if self.state.rows is not None and not self.state.disabled and self.lora_A:
+        st = self.state
+        if st.rows is not None and not st.disabled and self.lora_A:
             return self._mixed(x, y)
-        name = self.active_name()
-        if name is None:
+        # active_name(self), inlined, with the factors read straight from the ParameterDicts' own dicts: module
+        # attribute access and ParameterDict indexing cost ~15 µs a call, paid by every adapted module in every
+        # forward (60 modules: ~1 ms, 0.4% of a batch-1 x 128-token SmolLM2 forward).
+        name = st.active
+        a = None if name is None or st.disabled else self._modules["lora_A"]._parameters.get(name)
+        if a is None or name in self.merged:
             return y
         if self.slices or (self.dropout[name] and self.training):
             return y + self.lora_out(x, name).to(y.dtype)
         # Fast path: y += s·(x Aᵀ) Bᵀ as one in-place addmm on the base output. The base matmul's backward does
         # not need its output, so writing into it is autograd-safe, and it saves allocating and copying a second
         # (tokens x out) tensor, which measured ~3x more overhead than the LoRA arithmetic itself.
-        a, b = self.lora_A[name], self.lora_B[name]
+        b = self._modules["lora_B"]._parameters[name]
         # dtype checks before .to(): a no-op .to() still costs microseconds, paid 60x per forward.
         t = F.linear(x if x.dtype == a.dtype else x.to(a.dtype), a)
         if t.dtype != y.dtype:
