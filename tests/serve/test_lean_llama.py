@@ -12,6 +12,7 @@ from serve_support import save_adapter, tiny_model, tiny_server, tiny_tokenizer
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import lorakit
+from lorakit.core import kernel
 from lorakit.serve import llama
 from lorakit.serve.engine import Engine, Event
 from lorakit.serve.llama import LeanLlama, unsupported
@@ -191,6 +192,22 @@ def test_only_bf16_llama_models_on_the_cpu_take_the_lean_forward(tmp_path):
     dynamic = LlamaForCausalLM(cfg).to(torch.bfloat16)
     assert "rotary" in unsupported(dynamic)
     assert Engine(dynamic, tiny_tokenizer(), AdapterPool(dynamic)).lean is None
+
+
+def test_without_the_lora_kernel_the_engine_serves_through_transformers(tmp_path, monkeypatch):
+    monkeypatch.setattr(kernel, "_loaded", (None, "no C compiler found (the test says so)"))
+    path = save_adapter(tmp_path / "a", lorakit.LoraConfig(rank=4, targets=("q_proj", "v_proj")), seed=3)
+    model = tiny_model().to(torch.bfloat16)
+    assert "no C compiler found" in unsupported(model)
+    pool = AdapterPool(model, tmp_path)
+    engine = Engine(model, tiny_tokenizer(), pool)
+    assert engine.lean is None
+    pool.add("a", path)
+    events: list[Event] = []
+    engine.submit([5, 9, 17], "a", SamplingParams(max_tokens=3, ignore_eos=True), events.append)
+    engine.run_until_idle()
+    assert events[-1].finish_reason == "length", events[-1].error
+    assert len([t for e in events for t in e.token_ids]) == 3
 
 
 @pytest.mark.parametrize("config, problem", [

@@ -1,4 +1,5 @@
-"""The fused merge kernel: W += sign·s·left·right for many fp32 CPU weights in one call (merge_kernel.c).
+"""lorakit's C kernels (kernels.c): the fused merge, W += sign·s·left·right for many fp32 CPU weights in one call,
+and each row's own LoRA on bf16 rows for the lean serving forward (lora_rows).
 
 Why not addmm_: per weight, MKL computes the rank-r product as a GEMM (K = 8 runs it at ~70 GFLOP/s) and then
 adds it into W, so merging SmolLM2's 60 q,v weights took 5.6-6.9 ms where one read and write of those 53 MB takes
@@ -28,12 +29,18 @@ import torch
 
 from lorakit.core.paths import cache_root
 
-SOURCE = Path(__file__).with_name("merge_kernel.c")
+SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC")
 
 
+class _Target(ctypes.Structure):
+    """lk_target in kernels.c."""
+
+    _fields_ = [(n, ctypes.c_int64) for n in ("r0", "rank", "lo", "hi")]
+
+
 class _Part(ctypes.Structure):
-    """lk_part in merge_kernel.c."""
+    """lk_part in kernels.c."""
 
     _fields_ = [("w", ctypes.c_void_p), ("left", ctypes.c_void_p), ("right", ctypes.c_void_p),
                 *[(n, ctypes.c_int64) for n in ("rows", "cols", "rank", "ldw", "ls0", "ls1", "ldr")],
@@ -78,6 +85,42 @@ class Fused:
         self._lib.lk_merge(ctypes.addressof(self._parts), self._count, sign, torch.get_num_threads())
 
 
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, built on first use (None where they are not available: see status)."""
+    return _library()[0]
+
+
+def lora_targets(spans: list[tuple[int, int, int, int]]) -> ctypes.Array:
+    """lora_rows' description of a fused product's adapted targets: (first rank, ranks, first column, end
+    column) each, in the order of their ranks."""
+    return (_Target * len(spans))(*[_Target(*span) for span in spans])
+
+
+def lora_rows(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None, slot: torch.Tensor, a: torch.Tensor,
+              b: torch.Tensor, targets: ctypes.Array) -> None:
+    """y[rows[i]] += the LoRA update of x[rows[i]] with adapter slot[i], in place, for bf16 x (n, in) and y
+    (n, width) with unit column stride; int64 rows (None: every row) and slot; fp32 a (adapters·in, R): each
+    adapter's Aᵀ, b (adapters·R, width): each adapter's s·Bᵀ over the whole output. Each row's sums run in one
+    fixed order, so its result does not depend on the other rows (kernels.c, lk_lora_rows). The caller checks
+    library() first: the lean forward does not start without it."""
+    lib, n = _library()[0], slot.shape[0]
+    # The kernel reads raw memory: what it assumes is checked here (~1 µs), not trusted.
+    if not (x.dtype == y.dtype == torch.bfloat16 and a.dtype == b.dtype == torch.float32
+            and x.stride(1) == 1 and y.stride(1) == 1 and a.is_contiguous() and b.is_contiguous()
+            and slot.dtype == torch.int64 and slot.is_contiguous() and x.shape[0] == y.shape[0]
+            and a.shape[0] % x.shape[1] == 0 and b.shape == (a.shape[0] // x.shape[1] * a.shape[1], y.shape[1])
+            and (rows is None or (rows.dtype == torch.int64 and rows.is_contiguous() and rows.shape == slot.shape))
+            and (rows is not None or n == x.shape[0])):
+        raise ValueError("lora_rows: bf16 x and y with unit column stride, contiguous fp32 tables of matching "
+                         "shapes and contiguous int64 rows and slots are required")
+    if lib.lk_lora_rows(x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), n,
+                        None if rows is None else rows.data_ptr(), slot.data_ptr(), a.data_ptr(), x.shape[1],
+                        a.shape[1], b.data_ptr(), b.shape[1], ctypes.addressof(targets), len(targets),
+                        torch.get_num_threads()):
+        raise ValueError(f"lora_rows takes ranks up to 256 and inputs up to 16384 wide, not {a.shape[1]} and "
+                         f"{x.shape[1]}")
+
+
 def fused(targets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]]) -> Fused | None:
     """A prepared call for these (eligible) targets, or None where the kernel is not available."""
     lib, _ = _library()
@@ -108,18 +151,21 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         return None, "it would run on a second OpenMP runtime beside torch's"
     lib.lk_merge.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int]
     lib.lk_merge.restype = None
+    p, i = ctypes.c_void_p, ctypes.c_int64
+    lib.lk_lora_rows.argtypes = [p, i, p, i, i, p, p, p, i, i, p, i, p, i, ctypes.c_int]
+    lib.lk_lora_rows.restype = ctypes.c_int
     return lib, ""
 
 
 def build() -> Path:
-    """Compile merge_kernel.c for this machine into lorakit's cache, once (the file name holds a hash of the
+    """Compile kernels.c for this machine into lorakit's cache, once (the file name holds a hash of the
     source, flags, compiler and CPU features), written atomically; returns its path."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, _cpu_flags()]).encode()).hexdigest()
-    path = cache_root() / "kernels" / f"merge-{key[:16]}.so"
+    path = cache_root() / "kernels" / f"kernels-{key[:16]}.so"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,16 +15,15 @@ through gives bit-identical results whatever else is in the batch (each checked 
   on the real rows only;
 - each request owns a slot of the KV cache and attends over its own keys only, rounded up to a bucket of 64 with
   the rest masked (the bucket depends on the row's length alone), so rows of similar length share one call;
-- LoRA with each row's own factors, as two fp32 `F.embedding_bag` sums per fused product (see Group): x·Aᵀ is
-  the sum of A's columns weighted by the row's inputs, the update the sum of s·Bᵀ's rows weighted by those Σr
-  values over the whole fused output (zero where a target is not adapted, so one sum serves every target), added
-  to the bf16 product and rounded once. Each row is its own bag, summed in a fixed order, so it does not depend
-  on the other rows; each distinct adapter's factors are stored once, not copied for every row using it; rows
-  are grouped by rank so none is padded to another adapter's rank. Against the per-row tables with an
-  elementwise sum and a `bmm` that this replaced (bench/lean_ab.py): decode step 0.944-0.98x at 32 rows over 8
-  adapters, 0.99-1.0x at 8. (The same sums over bf16 factors were faster still, 0.93x at 32 rows, but in about
-  4 of 10 processes gave a prompt other bits alone than packed, one bf16 step in one of ~200 values; the cause
-  in embedding_bag's bf16 path was not found. tests/serve/test_lean_smollm2.py checks this in fresh processes.)
+- LoRA with each row's own factors, in lorakit's C kernel (core/kernels.c, lk_lora_rows): for each row, t = x·Aᵀ
+  and then, on each adapted target's span of the fused output, the sum of t·(s·Bᵀ), in fp32, added to the bf16
+  product and rounded once. Each row is summed on its own in a fixed order, so it does not depend on the other
+  rows; each distinct adapter's factors are stored once, not copied for every row using it; rows are grouped by
+  rank so none is padded to another adapter's rank. It replaced two `F.embedding_bag` sums (and the casts and
+  the add around them) per product: one call instead of four ops (bench/lean_ab.py, BENCHMARKS.md). (Sums over
+  bf16 factors in embedding_bag were faster still, but in about 4 of 10 processes gave a prompt other bits
+  alone than packed; tests/serve/test_lean_smollm2.py checks this in fresh processes.) Where the kernel cannot
+  be built (no C compiler), the engine serves through the transformers forward instead;
 - prompts joining together are prefilled packed into one batch, each through products of proven row counts (64
   to 192 here), its own LoRA sums (one bag per token) and its own causal attention (batched with the prompts of
   its length), so a prompt's first token never depends on the batch either.
@@ -44,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorakit.core import kernel
 from lorakit.core.errors import AdapterError
 from lorakit.core.inject import wrappers
 from lorakit.core.layers import MAGNITUDE, LoraLinear
@@ -70,11 +70,8 @@ TARGETS = tuple(t for targets in PRODUCTS.values() for t in targets)
 
 
 class Group(NamedTuple):
-    """One fused product's LoRA for the rows whose adapters have the same ranks there. The factors of each distinct
-    adapter among them are stored once, laid out as embedding tables, so that x·Aᵀ and then t·(s·B)ᵀ for every row
-    are one `F.embedding_bag` each: a row is a bag of (table row, weight) pairs summed in a fixed order, so its
-    result never depends on the other rows (each bag is its own sum), and no row's factors are copied per row.
-    fp32 (see the module docstring for bf16)."""
+    """One fused product's LoRA for the rows whose adapters have the same ranks there, for kernel.lora_rows. The
+    factors of each distinct adapter among them are stored once. fp32 (see the module docstring for bf16)."""
 
     rows: torch.Tensor | None
     """The batch rows in this group, ascending (None: every row)."""
@@ -83,10 +80,10 @@ class Group(NamedTuple):
     a: torch.Tensor
     """(adapters x in, Σr): row j·in + k is column k of adapter j's A, every adapted target's A stacked."""
     b: torch.Tensor
-    """(adapters x Σr, out): row j·Σr + r is row r of adapter j's s·Bᵀ over the whole fused output, zero outside its
-    target's span, so one sum adds every target's update and an unadapted span gets exact zeros."""
-    bags: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-    """A decode step's bags, one row each (see _bags)."""
+    """(adapters x Σr, out): row j·Σr + r is row r of adapter j's s·Bᵀ over the whole fused output (zero outside its
+    target's span, which the kernel does not read)."""
+    targets: object
+    """kernel.lora_targets: each adapted target's ranks and span of the output."""
 
 
 def unsupported(model: nn.Module) -> str | None:
@@ -100,6 +97,8 @@ def unsupported(model: nn.Module) -> str | None:
         return f"hidden_act is {cfg.hidden_act!r}, not 'silu'"
     if next(model.parameters()).device.type != "cpu":
         return "the model is not on the CPU"
+    if kernel.library() is None:
+        return f"lorakit's LoRA kernel is not available here ({kernel.status()})"
     rope = getattr(getattr(model, "model", None), "rotary_emb", None)
     if rope is None or getattr(rope, "rope_type", "default") not in ("default", "linear", "llama3"):
         return f"its rotary embedding ({getattr(rope, 'rope_type', None)!r}) changes with the sequence length"
@@ -328,7 +327,7 @@ class LeanLlama:
         key = (state.version if state else -1, tuple(names))
         if self._factors is not None and self._factors[0] == key:
             return self._factors[1]
-        tables, bags = [], {}  # bags: one set per (rows' adapters, in, Σr), shared by every layer
+        tables = []
         for block in self.blocks:
             table = {}
             for product, targets in PRODUCTS.items():
@@ -340,7 +339,7 @@ class LeanLlama:
                     if name is not None and shape:
                         by_shape.setdefault(shape, []).append(row)
                 groups = [self._group(block, dict(adapted), shape, rows, [names[r] for r in rows], len(names),
-                                      block.widths[product], bags) for shape, rows in by_shape.items()]
+                                      block.widths[product]) for shape, rows in by_shape.items()]
                 if groups:
                     table[product] = groups
             tables.append(table)
@@ -349,23 +348,22 @@ class LeanLlama:
 
     @staticmethod
     def _group(block: Block, modules: dict[str, LoraLinear], shape: tuple, rows: list[int], names: list[str],
-               total: int, width: int, bags: dict) -> Group:
+               total: int, width: int) -> Group:
         adapters = list(dict.fromkeys(names))  # each distinct adapter once, in order of first use
         slot = torch.tensor([adapters.index(n) for n in names])
         a = torch.stack([torch.cat([modules[t].lora_A[n].detach().float() for t, _ in shape]) for n in adapters])
         b = torch.zeros(len(adapters), a.shape[1], width)
-        r0 = 0
+        r0, spans = 0, []
         for target, rank in shape:
             m = modules[target]
             lo, hi = block.spans[target]
             b[:, r0 : r0 + rank, lo:hi] = torch.stack([m.lora_B[n].detach().float().t() * m.scaling[n]
                                                         for n in adapters])
+            spans.append((r0, rank, lo, hi))
             r0 += rank
-        key = (tuple(slot.tolist()), a.shape[2], a.shape[1])
-        if key not in bags:
-            bags[key] = _bags(slot, a.shape[2], a.shape[1])
         return Group(None if len(rows) == total else torch.tensor(rows), slot,
-                     a.transpose(1, 2).reshape(-1, a.shape[1]), b.view(-1, width), bags[key])
+                     a.transpose(1, 2).reshape(-1, a.shape[1]).contiguous(), b.view(-1, width),
+                     kernel.lora_targets(spans))
 
     # ---- forward ----
 
@@ -527,54 +525,34 @@ class LeanLlama:
         """The fused base product plus each LoRA group's update on its targets' spans of the output.
 
         A decode step (no spans): row i is request i's token. A prefill: request i's tokens are rows spans.of[i].
-        Either way each row is one bag of each embedding_bag sum (Group), with its request's adapter, so its update
-        is the same alone as in any batch.
+        Either way each row gets its request's adapter, summed on its own (kernel.lora_rows), so its update is the
+        same alone as in any batch.
         """
         y = packed(x, ROWS if spans is None else PREFILL_ROWS)
         for group in groups or ():
-            if spans is None:
-                index, bags = group.rows, group.bags
-            else:
-                index, bags = spans.bags(group, x.shape[1])
-            xs = (x if index is None else x.index_select(0, index)).float()
-            t = F.embedding_bag(bags[0], group.a, bags[1], mode="sum", per_sample_weights=xs.reshape(-1))  # (n, Σr)
-            delta = F.embedding_bag(bags[2], group.b, bags[3], mode="sum", per_sample_weights=t.view(-1))
-            if index is None:
-                y.add_(delta)  # computed in fp32 and rounded once, bit for bit y.copy_(y.float() + delta)
-            else:
-                y.index_copy_(0, index, (y.index_select(0, index).float() + delta).to(y.dtype))
+            index, slot = (group.rows, group.slot) if spans is None else spans.tokens(group)
+            kernel.lora_rows(x, y, index, slot, group.a, group.b, group.targets)
         return y
 
 
 class Spans:
-    """A prefill's packed prompts: request i's tokens are rows of[i] = (start, end). Each request's rows use its
-    adapter, so a Group's bags go one per token; they are built once per prefill for every layer whose group has
-    the same rows and table layout, as the decode step's are (LeanLlama._tables)."""
+    """A prefill's packed prompts: request i's tokens are rows of[i] = (start, end). Each request's tokens use its
+    adapter; a Group's token rows and their adapters are worked out once per prefill for every layer whose group
+    has the same rows, as the decode step's are (LeanLlama._tables)."""
 
     def __init__(self, of: list[tuple[int, int]]):
         self.of = of
-        self._bags: dict[tuple, tuple] = {}
+        self._tokens: dict[tuple, tuple] = {}
 
-    def bags(self, group: Group, inner: int) -> tuple[torch.Tensor | None, tuple[torch.Tensor, ...]]:
-        """(the token rows of the group's requests, or None for every row; their bags, see _bags)."""
-        rank = group.a.shape[1]
-        key = (tuple(group.slot.tolist()), None if group.rows is None else tuple(group.rows.tolist()), inner, rank)
-        if key not in self._bags:
+    def tokens(self, group: Group) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(the token rows of the group's requests, or None for every row; each token's adapter slot)."""
+        key = (tuple(group.slot.tolist()), None if group.rows is None else tuple(group.rows.tolist()))
+        if key not in self._tokens:
             requests = range(len(group.slot)) if group.rows is None else group.rows.tolist()
             index = None if group.rows is None else torch.cat([torch.arange(*self.of[r]) for r in requests])
-            tokens = torch.tensor([self.of[r][1] - self.of[r][0] for r in requests])
-            self._bags[key] = index, _bags(group.slot.repeat_interleave(tokens), inner, rank)
-        return self._bags[key]
-
-
-def _bags(slot: torch.Tensor, inner: int, rank: int) -> tuple[torch.Tensor, ...]:
-    """F.embedding_bag's (indices, offsets) for x·Aᵀ and then for t·(s·B)ᵀ, one bag per row, where row i uses the
-    adapter at slot[i] of a Group's tables: its bag for x·Aᵀ is table rows slot·inner + 0..inner-1 weighted by the
-    row's inputs, for t·(s·B)ᵀ rows slot·rank + 0..rank-1 weighted by its t. int32 (half the bytes of int64)."""
-    n = slot.shape[0]
-    ai = (slot[:, None] * inner + torch.arange(inner)).view(-1).int()
-    bi = (slot[:, None] * rank + torch.arange(rank)).view(-1).int()
-    return ai, torch.arange(n, dtype=torch.int32) * inner, bi, torch.arange(n, dtype=torch.int32) * rank
+            counts = torch.tensor([self.of[r][1] - self.of[r][0] for r in requests])
+            self._tokens[key] = index, group.slot.repeat_interleave(counts)
+        return self._tokens[key]
 
 
 def _trim() -> None:

@@ -1,0 +1,89 @@
+"""kernel.lora_rows: each row's own LoRA on bf16 rows, its formula and its independence from the other rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lorakit.core import kernel
+
+pytestmark = pytest.mark.skipif(kernel.library() is None, reason=f"kernels not available: {kernel.status()}")
+
+
+def tables(adapters: int, inn: int, width: int, spans: list[tuple[int, int, int, int]], seed: int = 0):
+    """Random (a, b) laid out as lora_rows takes them, b zero outside each rank's target span."""
+    g = torch.Generator().manual_seed(seed)
+    rank = sum(s[1] for s in spans)
+    a = torch.randn(adapters * inn, rank, generator=g) * 0.1
+    b = torch.zeros(adapters, rank, width)
+    for r0, r, lo, hi in spans:
+        b[:, r0 : r0 + r, lo:hi] = torch.randn(adapters, r, hi - lo, generator=g) * 0.1
+    return a, b.view(adapters * rank, width)
+
+
+def reference(x, y, rows, slot, a, b):
+    """y[row] + x[row]·Aᵀ·(s·Bᵀ) in fp32, rounded once to bf16."""
+    inn, rank, width = x.shape[1], a.shape[1], b.shape[1]
+    out = y.clone()
+    for i, row in enumerate(range(len(slot)) if rows is None else rows.tolist()):
+        t = x[row].double() @ a.view(-1, inn, rank)[slot[i]].double()
+        out[row] = (y[row].double() + t @ b.view(-1, rank, width)[slot[i]].double()).to(torch.bfloat16)
+    return out
+
+
+@pytest.mark.parametrize("spans", [
+    [(0, 8, 0, 48), (8, 8, 64, 80)],  # q and v of a fused q,k,v: 16 ranks, one register block
+    [(0, 4, 0, 48), (4, 8, 48, 96)],  # 12 ranks: a partial block
+    [(0, 16, 0, 50), (16, 8, 50, 80)],  # 24 ranks: a full block and a partial one; spans not multiples of 16
+])
+def test_lora_rows_adds_each_rows_own_update_rounded_once(spans):
+    adapters, inn, width, n = 3, 40, 96 if spans[-1][3] > 80 else 80, 7
+    a, b = tables(adapters, inn, width, spans)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, inn, generator=g).to(torch.bfloat16)
+    y = torch.randn(n, width, generator=g).to(torch.bfloat16)
+    slot = torch.tensor([2, 0, 1, 1, 0, 2, 2])
+    rows = torch.tensor([0, 2, 3, 6])
+    for chosen, slots in ((None, slot), (rows, slot[rows])):
+        got = y.clone()
+        kernel.lora_rows(x, got, chosen, slots, a, b, kernel.lora_targets(spans))
+        want = reference(x, y, chosen, slots, a, b)
+        # fp32 sums against a float64 reference: at most one bf16 step apart, and only in a few entries.
+        step = (want.float().abs() * 2**-7).clamp_min(2**-126)
+        assert ((got.float() - want.float()).abs() <= step).all()
+        assert (got != want).float().mean() < 0.05
+        untouched = [c for c in range(width) if not any(lo <= c < hi for _, _, lo, hi in spans)]
+        assert torch.equal(got[:, untouched], y[:, untouched])
+        if chosen is not None:  # rows not chosen are left alone
+            others = [r for r in range(n) if r not in chosen.tolist()]
+            assert torch.equal(got[others], y[others])
+
+
+def test_a_row_gets_the_same_bits_alone_and_in_any_batch():
+    spans = [(0, 8, 0, 64), (8, 8, 96, 128)]
+    a, b = tables(4, 64, 128, spans, seed=3)
+    targets = kernel.lora_targets(spans)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(33, 64, generator=g).to(torch.bfloat16)
+    y = torch.randn(33, 128, generator=g).to(torch.bfloat16)
+    slot = torch.randint(0, 4, (33,), generator=g)
+    batch = y.clone()
+    kernel.lora_rows(x, batch, None, slot, a, b, targets)
+    for i in range(33):
+        alone = y[i : i + 1].clone()
+        kernel.lora_rows(x[i : i + 1].clone(), alone, None, slot[i : i + 1].clone(), a, b, targets)
+        assert torch.equal(alone[0], batch[i])
+
+
+def test_lora_rows_refuses_what_it_would_misread():
+    spans = [(0, 4, 0, 16)]
+    a, b = tables(2, 8, 16, spans)
+    x, y = torch.zeros(2, 8, dtype=torch.bfloat16), torch.zeros(2, 16, dtype=torch.bfloat16)
+    slot = torch.zeros(2, dtype=torch.long)
+    targets = kernel.lora_targets(spans)
+    with pytest.raises(ValueError, match="bf16 x and y"):
+        kernel.lora_rows(x.float(), y, None, slot, a, b, targets)
+    with pytest.raises(ValueError, match="bf16 x and y"):
+        kernel.lora_rows(x, y, None, slot, a.t().contiguous().t(), b, targets)  # a not contiguous
+    with pytest.raises(ValueError, match="bf16 x and y"):
+        kernel.lora_rows(x, y, None, slot.int(), a, b, targets)
