@@ -87,3 +87,21 @@ def test_lora_rows_refuses_what_it_would_misread():
         kernel.lora_rows(x, y, None, slot, a.t().contiguous().t(), b, targets)  # a not contiguous
     with pytest.raises(ValueError, match="bf16 x and y"):
         kernel.lora_rows(x, y, None, slot.int(), a, b, targets)
+
+
+def test_rms_norm_is_llamas_rmsnorm_and_each_row_its_own():
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(37, 72, generator=g) * 3).to(torch.bfloat16)  # 72: four blocks of 16 and a tail of 8
+    w = torch.randn(72, generator=g).to(torch.bfloat16)
+    got = kernel.rms_norm(x, w, 1e-5)
+    h = x.float()
+    want = w * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5)).to(torch.bfloat16)  # LlamaRMSNorm
+    step = (want.float().abs() * 2**-7).clamp_min(2**-126)
+    assert ((got.float() - want.float()).abs() <= step).all()
+    assert (got != want).float().mean() < 0.05
+    for i in (0, 17, 36):
+        assert torch.equal(kernel.rms_norm(x[i : i + 1].clone(), w, 1e-5)[0], got[i])
+    out = torch.zeros(40, 72, dtype=torch.bfloat16)
+    assert kernel.rms_norm(x, w, 1e-5, out[:37]).data_ptr() == out.data_ptr() and torch.equal(out[:37], got)
+    with pytest.raises(ValueError, match="bf16 CPU rows"):
+        kernel.rms_norm(x.float(), w, 1e-5)

@@ -4,13 +4,17 @@ and each row's own LoRA on bf16 rows for the lean serving forward (lora_rows).
 Why not addmm_: per weight, MKL computes the rank-r product as a GEMM (K = 8 runs it at ~70 GFLOP/s) and then
 adds it into W, so merging SmolLM2's 60 q,v weights took 5.6-6.9 ms where one read and write of those 53 MB takes
 3.4-4.1; one pass that adds each row's update as it goes took 4.3-5.2 (bench/merge_floor.py, BENCHMARKS.md). No
-PyTorch op fuses the two.
+PyTorch op fuses the two. Why not embedding_bag for the serving LoRA (what lorakit used before): each row's update
+needs x·Aᵀ, then t·(s·Bᵀ), then a bf16 add, four ops a product whose rows must each be summed on their own (so
+that a row's bits never depend on the batch); one kernel call took 12 µs against 61 for 8 rows, 30 against 122
+for 32, on SmolLM2's fused q,k,v with 8 adapters.
 
 Why C through ctypes and not a torch C++ extension: it compiles in half a second instead of ~30 s (no torch
 headers, no ninja), once per machine, into lorakit's cache. It runs on torch's own OpenMP threads: torch has
 already loaded its libgomp.so.1, so the kernel's reference to that name binds to the same runtime (checked after
 loading: a kernel that would bring a second OpenMP runtime is not used, as its threads would fight torch's).
-Without a C compiler, on another OS, or with LORAKIT_KERNELS=0, merges use addmm_: same formula, ~1.3x slower.
+Without a C compiler, on another OS, or with LORAKIT_KERNELS=0, merges use addmm_ (same formula, ~1.3x slower)
+and `lorakit serve` uses the transformers forward instead of the lean one.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from lorakit.core.paths import cache_root
 
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC")
+LIBS = ("-lm",)
 
 
 class _Target(ctypes.Structure):
@@ -121,6 +126,21 @@ def lora_rows(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None, slot:
                          f"{x.shape[1]}")
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """LlamaRMSNorm of bf16 rows x (n, d): weight · bf16(x / sqrt(mean(x²) + eps)), in fp32, each row summed in a
+    fixed order (kernels.c, lk_rms_norm); into `out` (n, d) when given. The caller checks library() first."""
+    out = torch.empty(x.shape, dtype=torch.bfloat16) if out is None else out
+    if not (x.dtype == weight.dtype == out.dtype == torch.bfloat16 and x.dim() == 2 and x.stride(1) == 1
+            and out.shape == x.shape and out.stride(1) == 1 and weight.shape == (x.shape[1],)
+            and weight.is_contiguous() and x.device.type == out.device.type == weight.device.type == "cpu"):
+        raise ValueError("rms_norm: bf16 CPU rows x and out of one shape with unit column stride and a contiguous "
+                         "bf16 weight of their width are required")
+    if _library()[0].lk_rms_norm(x.data_ptr(), x.stride(0), weight.data_ptr(), out.data_ptr(), out.stride(0),
+                                 x.shape[0], x.shape[1], eps, torch.get_num_threads()):
+        raise ValueError(f"rms_norm takes rows up to 16384 wide, not {x.shape[1]}")
+    return out
+
+
 def fused(targets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]]) -> Fused | None:
     """A prepared call for these (eligible) targets, or None where the kernel is not available."""
     lib, _ = _library()
@@ -154,6 +174,8 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     p, i = ctypes.c_void_p, ctypes.c_int64
     lib.lk_lora_rows.argtypes = [p, i, p, i, i, p, p, p, i, i, p, i, p, i, ctypes.c_int]
     lib.lk_lora_rows.restype = ctypes.c_int
+    lib.lk_rms_norm.argtypes = [p, i, p, p, i, i, i, ctypes.c_float, ctypes.c_int]
+    lib.lk_rms_norm.restype = ctypes.c_int
     return lib, ""
 
 
@@ -164,14 +186,14 @@ def build() -> Path:
     if not compiler:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, _cpu_flags()]).encode()).hexdigest()
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, *LIBS, version, _cpu_flags()]).encode()).hexdigest()
     path = cache_root() / "kernels" / f"kernels-{key[:16]}.so"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
-        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True,
+        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(tmp), *LIBS], capture_output=True, text=True,
                               timeout=120)
         if done.returncode:
             raise RuntimeError(done.stderr.strip()[-500:] or f"{compiler} exited with {done.returncode}")

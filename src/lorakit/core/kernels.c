@@ -6,6 +6,7 @@
  * Per element: acc = sum over k = 0..r-1 of left[i,k] * right[k,j] (in that order), then w += s * acc.
  *
  * lk_lora_rows: each row's own adapter on bf16 rows (the lean serving forward), below. */
+#include <math.h>
 #include <stdint.h>
 
 typedef struct {
@@ -133,6 +134,42 @@ int lk_lora_rows(const uint16_t *x, int64_t ldx, uint16_t *y, int64_t ldy, int64
             for (; c + BLOCK <= tg->hi; c += BLOCK) add_update(t, bi, width, tg, yi, c, BLOCK);
             for (; c + TAIL <= tg->hi; c += TAIL) add_update(t, bi, width, tg, yi, c, TAIL);
             for (; c < tg->hi; ++c) add_update(t, bi, width, tg, yi, c, 1);
+        }
+    }
+    return 0;
+}
+
+/* ---- LlamaRMSNorm on bf16 rows, for the lean serving forward ----
+ *
+ * out_i = bf16(w * bf16(x_i / sqrt(mean(x_i^2) + eps))), computed in fp32 as transformers' LlamaRMSNorm does,
+ * with the sum of squares taken in a fixed order per row: a row gets the same bits alone or in any batch.
+ * Replaces six torch ops (the fp32 cast, rms_norm's pow, mean, add and rsqrt, the cast back, the scale). */
+#define SQUARES 16
+
+int lk_rms_norm(const uint16_t *x, int64_t ldx, const uint16_t *w, uint16_t *out, int64_t ldo, int64_t n,
+                int64_t d, float eps, int threads) {
+    if (d <= 0 || d > MAX_IN) return -1;
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n * d >= 65536)
+    for (int64_t i = 0; i < n; ++i) {
+        const uint16_t *xi = x + i * ldx;
+        uint16_t *oi = out + i * ldo;
+        float lanes[SQUARES] = {0};
+        int64_t j = 0;
+        for (; j + SQUARES <= d; j += SQUARES)
+            for (int l = 0; l < SQUARES; ++l) {
+                const float v = bf16_to_float(xi[j + l]);
+                lanes[l] += v * v;
+            }
+        float squares = 0.f;
+        for (int l = 0; l < SQUARES; ++l) squares += lanes[l];
+        for (; j < d; ++j) {
+            const float v = bf16_to_float(xi[j]);
+            squares += v * v;
+        }
+        const float scale = 1.f / sqrtf(squares / (float)d + eps);
+        for (j = 0; j < d; ++j) {
+            const float normed = bf16_to_float(float_to_bf16(bf16_to_float(xi[j]) * scale));
+            oi[j] = float_to_bf16(bf16_to_float(w[j]) * normed);
         }
     }
     return 0;

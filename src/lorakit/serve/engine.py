@@ -6,9 +6,10 @@ touches the model. Two forwards:
 - the transformers model (any architecture, any dtype): per-row adapter ids (lorakit.adapter_rows) over a shared
   right-aligned KV cache (kv.BatchCache); in fp32 a request's greedy output does not depend on the batch in
   practice (rows differ by ~1e-7), in bf16 it can;
-- lean (llama.LeanLlama; bf16 Llama models on CPU, the default there): per-request cache slots and ops whose rows
-  are bit-identical whatever else is in the batch; a SmolLM2 decode step of 8 rows took 49 ms against the fp32
-  forward's 95 ms in the same session (bench/serve.py --profile 8 [--dtype bfloat16]).
+- lean (llama.LeanLlama; bf16 Llama models on CPU where lorakit's C kernels are built, the default there):
+  per-request cache slots and ops whose rows are bit-identical whatever else is in the batch; a SmolLM2 decode
+  step of 8 rows took 49 ms against the fp32 forward's 95 ms in the same session (bench/serve.py --profile 8
+  [--dtype bfloat16]).
 """
 
 from __future__ import annotations
