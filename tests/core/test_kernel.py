@@ -105,3 +105,31 @@ def test_rms_norm_is_llamas_rmsnorm_and_each_row_its_own():
     assert kernel.rms_norm(x, w, 1e-5, out[:37]).data_ptr() == out.data_ptr() and torch.equal(out[:37], got)
     with pytest.raises(ValueError, match="bf16 CPU rows"):
         kernel.rms_norm(x.float(), w, 1e-5)
+
+
+def test_rope_cache_rotates_as_transformers_does_in_bf16_and_fills_each_rows_slot():
+    g = torch.Generator().manual_seed(6)
+    heads, kv, d, n = 4, 2, 8, 5
+    qkv = torch.randn(n, (heads + 2 * kv) * d, generator=g).to(torch.bfloat16)
+    angles = torch.arange(12.0)[:, None] * torch.rand(d // 2, generator=g)[None, :]
+    cos = torch.cat([angles, angles], -1).cos().to(torch.bfloat16)
+    sin = torch.cat([angles, angles], -1).sin().to(torch.bfloat16)
+    signed = torch.cat([-sin[:, : d // 2], sin[:, d // 2 :]], -1)
+    positions, slots = torch.tensor([0, 3, 11, 3, 7]), torch.tensor([1, 0, 2, 3, 1])
+    keys, values = torch.zeros(4, kv, 16, d, dtype=torch.bfloat16), torch.zeros(4, kv, 16, d, dtype=torch.bfloat16)
+    x = qkv[:, : (heads + kv) * d].view(n, heads + kv, d).clone()
+    c, s = cos[positions][:, None], sin[positions][:, None]
+    rotate_half = torch.cat([-x[..., d // 2 :], x[..., : d // 2]], -1)
+    want = x * c + rotate_half * s  # transformers' apply_rotary_pos_emb, in bf16
+    v = qkv[:, (heads + kv) * d :].view(n, kv, d).clone()
+    kernel.rope_cache(qkv, heads, kv, cos, signed, positions, slots, keys, values)
+    assert torch.equal(qkv[:, : (heads + kv) * d].view(n, heads + kv, d), want)
+    assert torch.equal(qkv[:, (heads + kv) * d :].view(n, kv, d), v)
+    for i in range(n):
+        assert torch.equal(keys[slots[i], :, positions[i]], want[i, heads:])
+        assert torch.equal(values[slots[i], :, positions[i]], v[i])
+    assert int((keys != 0).any(-1).sum()) == n * kv  # nothing else written
+    before = keys.clone()
+    with pytest.raises(ValueError, match="nothing was written"):
+        kernel.rope_cache(qkv, heads, kv, cos, signed, torch.tensor([0, 1, 2, 3, 16]), slots, keys, values)
+    assert torch.equal(keys, before)

@@ -141,6 +141,34 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tenso
     return out
 
 
+def rope_cache(qkv: torch.Tensor, heads: int, kv_heads: int, cos: torch.Tensor, signed_sin: torch.Tensor,
+               positions: torch.Tensor, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """RoPE on the q and k heads of bf16 fused q,k,v rows (n, (heads + 2·kv_heads)·D), in place, as transformers
+    applies it in bf16, and each row's rotated keys and values written into the caches (slots, kv_heads,
+    capacity, D) at (slots[i], every kv head, positions[i]) (kernels.c, lk_rope_cache). cos, signed_sin:
+    (positions, D) tables, signed_sin's first half negated. The caller checks library() first."""
+    n, width = qkv.shape
+    d = cos.shape[1]
+    if not (qkv.dtype == cos.dtype == signed_sin.dtype == keys.dtype == values.dtype == torch.bfloat16
+            and qkv.stride(1) == 1 and width == (heads + 2 * kv_heads) * d and cos.is_contiguous()
+            and signed_sin.is_contiguous() and signed_sin.shape == cos.shape and keys.is_contiguous()
+            and values.is_contiguous() and keys.shape == values.shape and keys.shape[1] == kv_heads
+            and keys.shape[3] == d and positions.dtype == slots.dtype == torch.int64 and positions.is_contiguous()
+            and slots.is_contiguous() and positions.shape == slots.shape == (n,) and qkv.is_cpu and keys.is_cpu
+            and values.is_cpu):
+        raise ValueError("rope_cache: bf16 CPU rows of the fused q,k,v product, contiguous tables and caches of "
+                         "matching shapes and contiguous int64 positions and slots are required")
+    status = _library()[0].lk_rope_cache(
+        qkv.data_ptr(), qkv.stride(0), n, heads, kv_heads, d, cos.data_ptr(), signed_sin.data_ptr(), cos.shape[0],
+        positions.data_ptr(), slots.data_ptr(), keys.data_ptr(), values.data_ptr(), keys.shape[0], keys.shape[2],
+        torch.get_num_threads())
+    if status == -1:
+        raise ValueError(f"rope_cache takes an even head size up to 1024, not {d}")
+    if status:
+        raise ValueError(f"rope_cache: a position outside the tables ({cos.shape[0]}) or the cache ({keys.shape[2]}),"
+                         f" or a slot outside the cache ({keys.shape[0]}); nothing was written")
+
+
 def fused(targets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]]) -> Fused | None:
     """A prepared call for these (eligible) targets, or None where the kernel is not available."""
     lib, _ = _library()
@@ -176,6 +204,8 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib.lk_lora_rows.restype = ctypes.c_int
     lib.lk_rms_norm.argtypes = [p, i, p, p, i, i, i, ctypes.c_float, ctypes.c_int]
     lib.lk_rms_norm.restype = ctypes.c_int
+    lib.lk_rope_cache.argtypes = [p, i, i, i, i, i, p, p, i, p, p, p, p, i, i, ctypes.c_int]
+    lib.lk_rope_cache.restype = ctypes.c_int
     return lib, ""
 
 

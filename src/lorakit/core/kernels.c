@@ -174,3 +174,45 @@ int lk_rms_norm(const uint16_t *x, int64_t ldx, const uint16_t *w, uint16_t *out
     }
     return 0;
 }
+
+/* ---- RoPE and the KV-cache write, for the lean serving forward ----
+ *
+ * For each of n rows (tokens) of a fused q,k,v projection, bf16 (nq + 2*nkv heads of hd): rotate the q and k heads
+ * in place as transformers applies RoPE in bf16, x*cos + rotate_half(x)*sin with each product and the sum rounded
+ * to bf16 (rotate_half(x)*sin computed as roll(x, hd/2) * signed_sin, whose first half is -sin: the same values),
+ * and write the row's rotated keys and its values into the caches (slots, nkv, capacity, hd) at
+ * (slot[i], head, pos[i]). cos and signed_sin: one row of hd per position. Replaces four ops and two index_put_. */
+int lk_rope_cache(uint16_t *qkv, int64_t ld, int64_t n, int64_t nq, int64_t nkv, int64_t hd, const uint16_t *cos,
+                  const uint16_t *signed_sin, int64_t positions, const int64_t *pos, const int64_t *slot,
+                  uint16_t *keys, uint16_t *values, int64_t slots, int64_t capacity, int threads) {
+    if (hd <= 0 || hd > 1024 || hd % 2) return -1;
+    for (int64_t i = 0; i < n; ++i)  /* every index is checked before anything is written */
+        if (pos[i] < 0 || pos[i] >= positions || pos[i] >= capacity || slot[i] < 0 || slot[i] >= slots) return -2;
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t i = 0; i < n; ++i) {
+        uint16_t *row = qkv + i * ld;
+        const uint16_t *c = cos + pos[i] * hd, *s = signed_sin + pos[i] * hd;
+        const int64_t half = hd / 2;
+        uint16_t rotated[1024];
+        for (int64_t h = 0; h < nq + nkv; ++h) {
+            uint16_t *x = row + h * hd;
+            for (int64_t d = 0; d < hd; ++d) {
+                const float a = bf16_to_float(float_to_bf16(bf16_to_float(x[d]) * bf16_to_float(c[d])));
+                const uint16_t other = x[d < half ? d + half : d - half];
+                const float b = bf16_to_float(float_to_bf16(bf16_to_float(other) * bf16_to_float(s[d])));
+                rotated[d] = float_to_bf16(a + b);
+            }
+            for (int64_t d = 0; d < hd; ++d) x[d] = rotated[d];
+            if (h >= nq) {
+                uint16_t *k = keys + ((slot[i] * nkv + (h - nq)) * capacity + pos[i]) * hd;
+                for (int64_t d = 0; d < hd; ++d) k[d] = rotated[d];
+            }
+        }
+        for (int64_t h = 0; h < nkv; ++h) {
+            const uint16_t *v = row + (nq + nkv + h) * hd;
+            uint16_t *dst = values + ((slot[i] * nkv + h) * capacity + pos[i]) * hd;
+            for (int64_t d = 0; d < hd; ++d) dst[d] = v[d];
+        }
+    }
+    return 0;
+}

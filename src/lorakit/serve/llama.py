@@ -25,7 +25,9 @@ through gives bit-identical results whatever else is in the batch (each checked 
   alone than packed; tests/serve/test_lean_smollm2.py checks this in fresh processes.) Where the kernel cannot
   be built (no C compiler), the engine serves through the transformers forward instead;
 - RMSNorm in one kernel call per norm (lk_rms_norm: fp32, each row's sum of squares in a fixed order) instead of
-  six torch ops: bench/lean_ab.py 0.932 at 8 rows, 0.909 at 32;
+  six torch ops: bench/lean_ab.py 0.932 at 8 rows, 0.909 at 32; RoPE on q and k and the writes of each row's key
+  and value into its cache slot in one call per layer (lk_rope_cache, transformers' bf16 RoPE bit for bit)
+  instead of four ops and two index_put_: 0.946 at 8 rows, 0.953 at 32, the same tokens;
 - prompts joining together are prefilled packed into one batch, each through products of proven row counts (64
   to 192 here), its own LoRA sums (one bag per token) and its own causal attention (batched with the prompts of
   its length), so a prompt's first token never depends on the batch either.
@@ -384,11 +386,9 @@ class LeanLlama:
         tables = self._tables(names)
         positions = torch.cat([torch.arange(n) for n in sizes])
         h = self.embed[torch.tensor([t for p in prompts for t in p])]  # (P, C)
-        cos, sin = self._rope(positions)  # (P, 1, D), sin signed for _rotate
+        cos, sin = self._rope(positions)
         hd, nq, nkv = self.head_dim, self.heads, self.kv_heads
-        # Every token's key and value go to (its prompt's slot, every kv head, its position): one write per layer.
-        at = (torch.tensor(slots).repeat_interleave(torch.tensor(sizes))[:, None], torch.arange(nkv)[None, :],
-              positions[:, None])
+        token_slots = torch.tensor(slots).repeat_interleave(torch.tensor(sizes))  # each token's cache slot
         # Prompts of one length attend in one call, batched (sdpa's rows do not depend on the batch: each prompt's
         # heads are separate work items; checked alone against packed in tests/serve/test_lean_llama.py).
         by_length: dict[int, list[int]] = {}
@@ -401,10 +401,9 @@ class LeanLlama:
         for i, block in enumerate(self.blocks):
             qkv = self._project(block.qkv, self._rms(h, block.norm1, block.qkv.slot(total, PREFILL_ROWS)),
                                 tables[i].get("qkv"), spans)
-            qk = _rotate(qkv[:, : (nq + nkv) * hd].view(total, nq + nkv, hd), cos, sin)
+            kernel.rope_cache(qkv, nq, nkv, cos, sin, positions, token_slots, self.keys[i], self.values[i])
+            qk = qkv[:, : (nq + nkv) * hd].view(total, nq + nkv, hd)  # q and k rotated in place
             v = qkv[:, (nq + nkv) * hd :].view(total, nkv, hd)
-            self.keys[i].index_put_(at, qk[:, nq:])
-            self.values[i].index_put_(at, v)
             out = None
             for n, count, tokens in groups:
                 q_g, v_g = (qk, v) if tokens is None else (qk.index_select(0, tokens), v.index_select(0, tokens))
@@ -433,19 +432,16 @@ class LeanLlama:
         tables = self._tables(names)
         positions = torch.tensor([self.lengths[s] for s in slots])
         h = self.embed[torch.tensor(tokens)]  # (B, C)
-        cos, sin = self._rope(positions)  # (B, 1, D): one position per row
-        # Where each row's new key and value go in a layer's cache (slot, every kv head, position).
-        at = (torch.tensor(slots)[:, None], torch.arange(self.kv_heads)[None, :], positions[:, None])
+        cos, sin = self._rope(positions)
+        slot_ids = torch.tensor(slots)
         attention = self._attention_groups(slots)
         hd, nq, nkv = self.head_dim, self.heads, self.kv_heads
         for i, block in enumerate(self.blocks):
             qkv = self._project(block.qkv, self._rms(h, block.norm1, block.qkv.slot(b)), tables[i].get("qkv"))
-            qk = qkv[:, : (nq + nkv) * hd].view(b, nq + nkv, hd)
-            qk = _rotate(qk, cos, sin)
-            self.keys[i].index_put_(at, qk[:, nq:])
-            self.values[i].index_put_(at, qkv[:, (nq + nkv) * hd :].view(b, nkv, hd))
+            # RoPE on q and k in place, and each row's key and value into its slot at its position.
+            kernel.rope_cache(qkv, nq, nkv, cos, sin, positions, slot_ids, self.keys[i], self.values[i])
             # The query heads sharing a KV head act as that head's queries: (rows, kv_heads, groups, D).
-            q = qk[:, :nq].reshape(b, nkv, nq // nkv, hd)
+            q = qkv[:, : nq * hd].view(b, nkv, nq // nkv, hd)
             out = q.new_empty(b, nq * hd)
             for rows, cached, width, mask in attention:
                 keys, values = (s[i][:, :, :width] for s in (self.keys, self.values))
@@ -465,7 +461,8 @@ class LeanLlama:
         return self.head(self._rms(h, self.norm)).float()
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, signed sin) of each position, (n, 1, D) bf16: rows of a table grown in blocks of ROPE_BLOCK.
+        """The (cos, signed sin) tables, (positions, D) bf16, grown in blocks of ROPE_BLOCK to cover `positions`;
+        signed sin has its first half negated, as kernel.rope_cache takes it.
 
         The model's rotary embedding computes these in fp32 on every call. On SmolLM2 in fresh processes, a
         process's first lean forward now and then (3 to 4 of 10 processes) got a cos table from fp32 that
@@ -485,7 +482,7 @@ class LeanLlama:
                 cos.append((emb.cos() * scale).to(torch.bfloat16))
                 sin.append(_signed((emb.sin() * scale).to(torch.bfloat16)))
             self._cos, self._sin = torch.cat(cos), torch.cat(sin)
-        return self._cos[positions][:, None], self._sin[positions][:, None]
+        return self._cos, self._sin
 
     def _attention_groups(self, slots: list[int]) -> list[tuple]:
         """Rows grouped by their key count rounded up to BUCKET: (rows or None for all, cache slots to gather or
@@ -576,12 +573,7 @@ def _padded(rows: int, multiple: int = ROWS) -> int:
 
 
 def _signed(sin: torch.Tensor) -> torch.Tensor:
-    """sin with its first half negated, as _rotate takes it."""
+    """sin with its first half negated: rotate_half(x)·sin is then roll(x, D/2)·signed_sin, as (-a)·b = a·(-b)
+    exactly (kernel.rope_cache)."""
     half = sin.shape[-1] // 2
     return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """RoPE as transformers applies it, x·cos + rotate_half(x)·sin, bit for bit in 4 ops instead of 8:
-    rotate_half(x) is roll(x, D/2) with its first half negated, and (-a)·b = a·(-b) exactly."""
-    return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin
