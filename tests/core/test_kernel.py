@@ -133,3 +133,23 @@ def test_rope_cache_rotates_as_transformers_does_in_bf16_and_fills_each_rows_slo
     with pytest.raises(ValueError, match="nothing was written"):
         kernel.rope_cache(qkv, heads, kv, cos, signed, torch.tensor([0, 1, 2, 3, 16]), slots, keys, values)
     assert torch.equal(keys, before)
+
+
+def test_decode_attention_is_each_rows_softmax_over_its_own_keys():
+    g = torch.Generator().manual_seed(7)
+    heads, kv, d, slots, capacity = 6, 2, 16, 5, 40
+    keys = torch.randn(slots, kv, capacity, d, generator=g).to(torch.bfloat16)
+    values = torch.randn(slots, kv, capacity, d, generator=g).to(torch.bfloat16)
+    q = torch.randn(4, heads * d, generator=g).to(torch.bfloat16)
+    slot_ids, lengths = torch.tensor([3, 0, 4, 1]), torch.tensor([1, 17, 40, 9])
+    got = kernel.decode_attention(q, keys, values, slot_ids, lengths, kv)
+    for i in range(4):
+        k = keys[slot_ids[i], :, : lengths[i]].float().repeat_interleave(heads // kv, 0)  # (heads, T, d)
+        v = values[slot_ids[i], :, : lengths[i]].float().repeat_interleave(heads // kv, 0)
+        want = torch.softmax(q[i].view(heads, 1, d).float() @ k.transpose(1, 2) / d**0.5, -1) @ v
+        assert torch.allclose(got[i].float(), want.view(-1), atol=1e-2, rtol=1e-2)
+        alone = kernel.decode_attention(q[i : i + 1].clone(), keys, values, slot_ids[i : i + 1].clone(),
+                                        lengths[i : i + 1].clone(), kv)
+        assert torch.equal(alone[0], got[i])
+    with pytest.raises(ValueError, match="a length outside"):
+        kernel.decode_attention(q, keys, values, slot_ids, torch.tensor([1, 17, 41, 9]), kv)

@@ -169,6 +169,36 @@ def rope_cache(qkv: torch.Tensor, heads: int, kv_heads: int, cos: torch.Tensor, 
                          f" or a slot outside the cache ({keys.shape[0]}); nothing was written")
 
 
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
+                     lengths: torch.Tensor, kv_heads: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Each row's attention over its own cache slot: q (n, heads·D) bf16 rows (unit column stride), caches
+    (slots, kv_heads, capacity, D), int64 slots and key counts per row; softmax(q·kᵀ/√D)·v over the row's first
+    lengths[i] keys, grouped-query, fp32, each row on its own (kernels.c, lk_decode_attention); (n, heads·D)
+    bf16, into `out` when given. The caller checks library() first."""
+    n, width = q.shape
+    d = keys.shape[3]
+    out = torch.empty(n, width, dtype=torch.bfloat16) if out is None else out
+    if not (q.dtype == keys.dtype == values.dtype == out.dtype == torch.bfloat16 and q.stride(1) == 1
+            and out.stride(1) == 1 and out.shape == q.shape and keys.is_contiguous() and values.is_contiguous()
+            and keys.shape == values.shape and keys.shape[1] == kv_heads and width % d == 0
+            and slots.dtype == lengths.dtype == torch.int64 and slots.is_contiguous() and lengths.is_contiguous()
+            and slots.shape == lengths.shape == (n,) and q.is_cpu and keys.is_cpu and values.is_cpu):
+        raise ValueError("decode_attention: bf16 CPU rows, contiguous caches of matching shapes and contiguous "
+                         "int64 slots and lengths are required")
+    status = _library()[0].lk_decode_attention(
+        q.data_ptr(), q.stride(0), keys.data_ptr(), values.data_ptr(), keys.shape[0], keys.shape[2],
+        slots.data_ptr(), lengths.data_ptr(), n, width // d, kv_heads, d, d**-0.5, out.data_ptr(), out.stride(0),
+        torch.get_num_threads())
+    if status == -1:
+        raise ValueError(f"decode_attention: {width // d} query heads over {kv_heads} kv heads of size {d}")
+    if status == -3:
+        raise MemoryError("decode_attention: no memory for a long row's attention scores")
+    if status:
+        raise ValueError(f"decode_attention: a slot outside the cache ({keys.shape[0]}) or a length outside 1.."
+                         f"{keys.shape[2]}")
+    return out
+
+
 def fused(targets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]]) -> Fused | None:
     """A prepared call for these (eligible) targets, or None where the kernel is not available."""
     lib, _ = _library()
@@ -206,6 +236,8 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib.lk_rms_norm.restype = ctypes.c_int
     lib.lk_rope_cache.argtypes = [p, i, i, i, i, i, p, p, i, p, p, p, p, i, i, ctypes.c_int]
     lib.lk_rope_cache.restype = ctypes.c_int
+    lib.lk_decode_attention.argtypes = [p, i, p, p, i, i, p, p, i, i, i, i, ctypes.c_float, p, i, ctypes.c_int]
+    lib.lk_decode_attention.restype = ctypes.c_int
     return lib, ""
 
 

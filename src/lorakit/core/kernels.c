@@ -8,6 +8,7 @@
  * lk_lora_rows: each row's own adapter on bf16 rows (the lean serving forward), below. */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 typedef struct {
     float *w;            /* rows x cols, row stride ldw, unit column stride */
@@ -215,4 +216,67 @@ int lk_rope_cache(uint16_t *qkv, int64_t ld, int64_t n, int64_t nq, int64_t nkv,
         }
     }
     return 0;
+}
+
+/* ---- Decode attention over each row's own cache slot, for the lean serving forward ----
+ *
+ * Row i (one new token of the request in cache slot slot[i], which holds len[i] keys and values, its own
+ * included) attends with each of its nq query heads (bf16, in q at row stride ldq) over its own kv head's first
+ * len[i] keys (grouped-query: nq / nkv query heads share a kv head): softmax(q·kᵀ·scale)·v, in fp32, each sum in
+ * a fixed order, rounded once to bf16 into out (n, nq*hd). A row reads only its own slot, so it gets the same
+ * bits alone or in any batch, and attends over exactly its own keys (no padding to a common width). */
+#define LOCAL_KEYS 4096  /* scores of up to this many keys live on the stack, longer rows allocate */
+
+int lk_decode_attention(const uint16_t *q, int64_t ldq, const uint16_t *keys, const uint16_t *values,
+                        int64_t slots, int64_t capacity, const int64_t *slot, const int64_t *len, int64_t n,
+                        int64_t nq, int64_t nkv, int64_t hd, float scale, uint16_t *out, int64_t ldo, int threads) {
+    if (hd <= 0 || hd > 1024 || nkv <= 0 || nq % nkv) return -1;
+    for (int64_t i = 0; i < n; ++i)
+        if (slot[i] < 0 || slot[i] >= slots || len[i] <= 0 || len[i] > capacity) return -2;
+    const int64_t group = nq / nkv;
+    int failed = 0;
+    #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < n; ++i)
+        for (int64_t h = 0; h < nq; ++h) {
+            const uint16_t *qh = q + i * ldq + h * hd;
+            const int64_t kv = h / group, count = len[i];
+            const uint16_t *k = keys + (slot[i] * nkv + kv) * capacity * hd;
+            const uint16_t *v = values + (slot[i] * nkv + kv) * capacity * hd;
+            float qf[1024], acc[1024], local[LOCAL_KEYS];
+            float *scores = count <= LOCAL_KEYS ? local : malloc(count * sizeof(float));
+            if (!scores) {
+                #pragma omp atomic write
+                failed = 1;
+                continue;
+            }
+            for (int64_t d = 0; d < hd; ++d) qf[d] = bf16_to_float(qh[d]);
+            float top = -INFINITY;
+            for (int64_t t = 0; t < count; ++t) {
+                const uint16_t *kt = k + t * hd;
+                float lanes[SQUARES] = {0};
+                int64_t d = 0;
+                for (; d + SQUARES <= hd; d += SQUARES)
+                    for (int l = 0; l < SQUARES; ++l) lanes[l] += qf[d + l] * bf16_to_float(kt[d + l]);
+                float dot = 0.f;
+                for (int l = 0; l < SQUARES; ++l) dot += lanes[l];
+                for (; d < hd; ++d) dot += qf[d] * bf16_to_float(kt[d]);
+                scores[t] = dot * scale;
+                top = scores[t] > top ? scores[t] : top;
+            }
+            float total = 0.f;
+            for (int64_t t = 0; t < count; ++t) {
+                scores[t] = expf(scores[t] - top);
+                total += scores[t];
+            }
+            for (int64_t d = 0; d < hd; ++d) acc[d] = 0.f;
+            for (int64_t t = 0; t < count; ++t) {
+                const float p = scores[t];
+                const uint16_t *vt = v + t * hd;
+                for (int64_t d = 0; d < hd; ++d) acc[d] += p * bf16_to_float(vt[d]);
+            }
+            uint16_t *o = out + i * ldo + h * hd;
+            for (int64_t d = 0; d < hd; ++d) o[d] = float_to_bf16(acc[d] / total);
+            if (scores != local) free(scores);
+        }
+    return failed ? -3 : 0;
 }

@@ -13,8 +13,10 @@ through gives bit-identical results whatever else is in the batch (each checked 
   all five shapes pass, and 8 rows unpadded take 19.0 against 22.6 ms for the 121 products. The inputs of padded
   products are written into persistent zero-padded buffers (Packed.slot); everything between the products runs
   on the real rows only;
-- each request owns a slot of the KV cache and attends over its own keys only, rounded up to a bucket of 64 with
-  the rest masked (the bucket depends on the row's length alone), so rows of similar length share one call;
+- each request owns a slot of the KV cache, and in a decode step each row attends over exactly its own keys in
+  one C kernel call per layer (core/kernels.c, lk_decode_attention: fp32, each row and head on its own). It
+  replaced sdpa over each row's keys rounded up to a bucket of 64 (masked), batched by width with the cache
+  gathered per group: bench/lean_ab.py 0.927 at 8 rows, 0.903 at 32;
 - LoRA with each row's own factors, in lorakit's C kernel (core/kernels.c, lk_lora_rows): for each row, t = x·Aᵀ
   and then, on each adapted target's span of the fused output, the sum of t·(s·Bᵀ), in fp32, added to the bf16
   product and rounded once. Each row is summed on its own in a fixed order, so it does not depend on the other
@@ -66,7 +68,7 @@ PREFILL_ROWS = 64
 # kernels oneDNN creates and caches (one per row count) to 9.
 PREFILL_MAX = 192
 ROPE_BLOCK = 256  # positions per block of the RoPE table (256 x 64 values: one thread computes a block)
-BUCKET = 64  # a decode row attends over its key count rounded up to this (masked), so rows batch by width
+BUCKET = 64  # the KV cache's capacity grows in multiples of this
 ATTN = ("q_proj", "k_proj", "v_proj")
 MLP = ("gate_proj", "up_proj")
 PRODUCTS = {"qkv": ATTN, "o": ("o_proj",), "gate_up": MLP, "down": ("down_proj",)}
@@ -434,27 +436,14 @@ class LeanLlama:
         h = self.embed[torch.tensor(tokens)]  # (B, C)
         cos, sin = self._rope(positions)
         slot_ids = torch.tensor(slots)
-        attention = self._attention_groups(slots)
+        lengths = positions + 1  # each row's keys, its new one included
         hd, nq, nkv = self.head_dim, self.heads, self.kv_heads
         for i, block in enumerate(self.blocks):
             qkv = self._project(block.qkv, self._rms(h, block.norm1, block.qkv.slot(b)), tables[i].get("qkv"))
             # RoPE on q and k in place, and each row's key and value into its slot at its position.
             kernel.rope_cache(qkv, nq, nkv, cos, sin, positions, slot_ids, self.keys[i], self.values[i])
-            # The query heads sharing a KV head act as that head's queries: (rows, kv_heads, groups, D).
-            q = qkv[:, : nq * hd].view(b, nkv, nq // nkv, hd)
-            out = q.new_empty(b, nq * hd)
-            for rows, cached, width, mask in attention:
-                keys, values = (s[i][:, :, :width] for s in (self.keys, self.values))
-                if cached is not None:
-                    keys, values = keys.index_select(0, cached), values.index_select(0, cached)
-                else:
-                    keys, values = keys[: len(slots)], values[: len(slots)]
-                got = F.scaled_dot_product_attention(q if rows is None else q.index_select(0, rows), keys, values,
-                                                     attn_mask=mask).reshape(-1, nq * hd)
-                if rows is None:
-                    out = got
-                else:
-                    out[rows] = got
+            # Each row attends over exactly its own slot's keys, on its own (kernel.decode_attention).
+            out = kernel.decode_attention(qkv[:, : nq * hd], self.keys[i], self.values[i], slot_ids, lengths, nkv)
             h = self._block_rest(block, tables[i], h, out)
         for s in slots:
             self.lengths[s] += 1
@@ -483,24 +472,6 @@ class LeanLlama:
                 sin.append(_signed((emb.sin() * scale).to(torch.bfloat16)))
             self._cos, self._sin = torch.cat(cos), torch.cat(sin)
         return self._cos, self._sin
-
-    def _attention_groups(self, slots: list[int]) -> list[tuple]:
-        """Rows grouped by their key count rounded up to BUCKET: (rows or None for all, cache slots to gather or
-        None when the rows are slots 0..n-1 in order, width, (n, 1, 1, width) mask of each row's own keys).
-
-        A row attends over `width` cached keys with the ones past its own masked out; width depends only on the
-        row's length, so it computes the same alone as in any batch (masked keys add exact zeros)."""
-        by_width: dict[int, list[int]] = {}
-        for row, s in enumerate(slots):
-            by_width.setdefault(_bucket(self.lengths[s] + 1), []).append(row)
-        groups = []
-        for width, rows in by_width.items():
-            counts = torch.tensor([self.lengths[slots[r]] + 1 for r in rows])
-            mask = (torch.arange(width)[None, :] < counts[:, None])[:, None, None, :]
-            chosen = [slots[r] for r in rows]
-            cached = None if chosen == list(range(len(chosen))) and len(rows) == len(slots) else torch.tensor(chosen)
-            groups.append((None if len(rows) == len(slots) else torch.tensor(rows), cached, width, mask))
-        return groups
 
     def _block_rest(self, block: Block, table: dict, h: torch.Tensor, attn: torch.Tensor,
                     spans: Spans | None = None) -> torch.Tensor:
