@@ -11,14 +11,14 @@ pytestmark = pytest.mark.skipif(kernel.library() is None, reason=f"kernels not a
 
 
 def tables(adapters: int, inn: int, width: int, spans: list[tuple[int, int, int, int]], seed: int = 0):
-    """Random (a, b) laid out as lora_rows takes them, b zero outside each rank's target span."""
+    """Random bf16 (a, b) laid out as lora_rows takes them, b zero outside each rank's target span."""
     g = torch.Generator().manual_seed(seed)
     rank = sum(s[1] for s in spans)
     a = torch.randn(adapters * inn, rank, generator=g) * 0.1
     b = torch.zeros(adapters, rank, width)
     for r0, r, lo, hi in spans:
         b[:, r0 : r0 + r, lo:hi] = torch.randn(adapters, r, hi - lo, generator=g) * 0.1
-    return a, b.view(adapters * rank, width)
+    return a.to(torch.bfloat16), b.view(adapters * rank, width).to(torch.bfloat16)
 
 
 def reference(x, y, rows, slot, a, b):

@@ -135,12 +135,18 @@ def test_merged_weights_is_pure_and_matches_merge_bit_for_bit(make, config):
         assert torch.equal(model.get_submodule(path.rsplit(".", 1)[0]).base_layer.weight, w)
 
 
-def test_merge_follows_the_model_to_a_new_dtype(ids):
+def merged_once() -> nn.Module:
+    """A tiny Llama with an adapter merged and unmerged once: its merge plan (and kernel call) is cached."""
     model = tiny_llama()
     lorakit.inject(model, LoraConfig(rank=4))
     randomize(model)
     lorakit.merge(model)
     lorakit.unmerge(model)
+    return model
+
+
+def test_merge_follows_the_model_to_a_new_dtype(ids):
+    model = merged_once()
     model.double()  # replaces every storage: a cached merge plan must not write to the old ones
     with torch.no_grad():
         unmerged = model(ids).logits
@@ -150,11 +156,7 @@ def test_merge_follows_the_model_to_a_new_dtype(ids):
 
 def test_merge_follows_a_replaced_weight_parameter(ids):
     # Assigning a new Parameter keeps every other storage: the cached plan must see it and merge into the new one.
-    model = tiny_llama()
-    lorakit.inject(model, LoraConfig(rank=4))
-    randomize(model)
-    lorakit.merge(model)
-    lorakit.unmerge(model)
+    model = merged_once()
     layer = next(iter(wrappers(model)))[1]
     old = layer.base_layer.weight
     before = old.detach().clone()
@@ -205,11 +207,7 @@ def test_the_fused_merge_kernel_agrees_with_addmm_to_fp32_rounding(ids, monkeypa
 
 def test_a_deep_copy_merges_into_its_own_weights(ids):
     # A merge prepares its kernel call with pointers into the weights; a copy of the model must not reuse them.
-    model = tiny_llama()
-    lorakit.inject(model, LoraConfig(rank=4))
-    randomize(model)
-    lorakit.merge(model)
-    lorakit.unmerge(model)
+    model = merged_once()
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
     copy = deepcopy(model)
     with torch.no_grad():

@@ -104,19 +104,19 @@ def lora_targets(spans: list[tuple[int, int, int, int]]) -> ctypes.Array:
 def lora_rows(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None, slot: torch.Tensor, a: torch.Tensor,
               b: torch.Tensor, targets: ctypes.Array) -> None:
     """y[rows[i]] += the LoRA update of x[rows[i]] with adapter slot[i], in place, for bf16 x (n, in) and y
-    (n, width) with unit column stride; int64 rows (None: every row) and slot; fp32 a (adapters·in, R): each
+    (n, width) with unit column stride; int64 rows (None: every row) and slot; bf16 a (adapters·in, R): each
     adapter's Aᵀ, b (adapters·R, width): each adapter's s·Bᵀ over the whole output. Each row's sums run in one
     fixed order, so its result does not depend on the other rows (kernels.c, lk_lora_rows). The caller checks
     library() first: the lean forward does not start without it."""
     lib, n = _library()[0], slot.shape[0]
     # The kernel reads raw memory: what it assumes is checked here (~1 µs), not trusted.
-    if not (x.dtype == y.dtype == torch.bfloat16 and a.dtype == b.dtype == torch.float32
+    if not (x.dtype == y.dtype == a.dtype == b.dtype == torch.bfloat16
             and x.stride(1) == 1 and y.stride(1) == 1 and a.is_contiguous() and b.is_contiguous()
             and slot.dtype == torch.int64 and slot.is_contiguous() and x.shape[0] == y.shape[0]
             and a.shape[0] % x.shape[1] == 0 and b.shape == (a.shape[0] // x.shape[1] * a.shape[1], y.shape[1])
             and (rows is None or (rows.dtype == torch.int64 and rows.is_contiguous() and rows.shape == slot.shape))
             and (rows is not None or n == x.shape[0])):
-        raise ValueError("lora_rows: bf16 x and y with unit column stride, contiguous fp32 tables of matching "
+        raise ValueError("lora_rows: bf16 x and y with unit column stride, contiguous bf16 tables of matching "
                          "shapes and contiguous int64 rows and slots are required")
     if lib.lk_lora_rows(x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), n,
                         None if rows is None else rows.data_ptr(), slot.data_ptr(), a.data_ptr(), x.shape[1],

@@ -65,8 +65,9 @@ void lk_merge(const lk_part *parts, int64_t n, float sign, int threads) {
  * For each of n rows i (row rows[i] of x and y, or row i when rows is NULL), with its adapter slot[i]:
  *   t = x_i · A_slotᵀ                      (R values; a holds each adapter's Aᵀ: (adapters, in, R))
  *   y_i[c] = bf16(y_i[c] + Σ_k t[k]·B_slot[k, c])   for c in each target's span, k over that target's ranks
- * (b holds each adapter's s·Bᵀ over the whole fused output: (adapters, R, width)). Sums run in fp32 in a fixed
- * order that depends on nothing but the row's own values: a row gets the same bits alone or in any batch. */
+ * (b holds each adapter's s·Bᵀ over the whole fused output: (adapters, R, width)); the tables are bf16, as the
+ * bf16 model holds its factors, widened as they are read. Sums run in fp32 in a fixed order that depends on
+ * nothing but the row's own values: a row gets the same bits alone or in any batch. */
 static inline float bf16_to_float(uint16_t v) {
     union { uint32_t u; float f; } c = { .u = (uint32_t)v << 16 };
     return c.f;
@@ -85,13 +86,13 @@ static inline uint16_t float_to_bf16(float f) {  /* round to nearest even, as to
 /* t[0 .. count) = sum over j in 0..in-1 (in order) of x[j] * a[j*R + 0 .. count): count is a constant at the
  * main call, so the sums stay in registers. */
 #define RANKS 16
-static inline __attribute__((always_inline)) void add_inputs(const float *x, const float *a, int64_t in, int64_t R,
-                                                             float *t, const int count) {
+static inline __attribute__((always_inline)) void add_inputs(const float *x, const uint16_t *a, int64_t in,
+                                                             int64_t R, float *t, const int count) {
     float acc[RANKS] = {0};
     for (int64_t j = 0; j < in; ++j) {
         const float xj = x[j];
-        const float *aj = a + j * R;
-        for (int l = 0; l < count; ++l) acc[l] += xj * aj[l];
+        const uint16_t *aj = a + j * R;
+        for (int l = 0; l < count; ++l) acc[l] += xj * bf16_to_float(aj[l]);
     }
     for (int l = 0; l < count; ++l) t[l] = acc[l];
 }
@@ -100,20 +101,20 @@ typedef struct {
     int64_t r0, rank, lo, hi;  /* ranks r0 .. r0+rank-1 of t update columns lo .. hi-1 */
 } lk_target;
 
-static inline __attribute__((always_inline)) void add_update(const float *t, const float *b, int64_t width,
+static inline __attribute__((always_inline)) void add_update(const float *t, const uint16_t *b, int64_t width,
                                                              const lk_target *g, uint16_t *y, int64_t c,
                                                              const int count) {
     float acc[BLOCK] = {0};
     for (int64_t k = g->r0; k < g->r0 + g->rank; ++k) {
         const float tk = t[k];
-        const float *bk = b + k * width + c;
-        for (int l = 0; l < count; ++l) acc[l] += tk * bk[l];
+        const uint16_t *bk = b + k * width + c;
+        for (int l = 0; l < count; ++l) acc[l] += tk * bf16_to_float(bk[l]);
     }
     for (int l = 0; l < count; ++l) y[c + l] = float_to_bf16(bf16_to_float(y[c + l]) + acc[l]);
 }
 
 int lk_lora_rows(const uint16_t *x, int64_t ldx, uint16_t *y, int64_t ldy, int64_t n, const int64_t *rows,
-                 const int64_t *slot, const float *a, int64_t in, int64_t R, const float *b, int64_t width,
+                 const int64_t *slot, const uint16_t *a, int64_t in, int64_t R, const uint16_t *b, int64_t width,
                  const lk_target *targets, int64_t ntargets, int threads) {
     if (R > MAX_RANK || in > MAX_IN) return -1;
     #pragma omp parallel for schedule(static) num_threads(threads)
@@ -121,8 +122,8 @@ int lk_lora_rows(const uint16_t *x, int64_t ldx, uint16_t *y, int64_t ldy, int64
         const int64_t row = rows ? rows[i] : i;
         const uint16_t *xi = x + row * ldx;
         uint16_t *yi = y + row * ldy;
-        const float *ai = a + slot[i] * in * R;
-        const float *bi = b + slot[i] * R * width;
+        const uint16_t *ai = a + slot[i] * in * R;
+        const uint16_t *bi = b + slot[i] * R * width;
         float xf[MAX_IN], t[MAX_RANK];
         for (int64_t j = 0; j < in; ++j) xf[j] = bf16_to_float(xi[j]);
         for (int64_t k0 = 0; k0 < R; k0 += RANKS) {  /* t[k0 .. k0+RANKS) in registers, summed over j in order */

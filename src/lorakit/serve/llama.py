@@ -22,10 +22,12 @@ through gives bit-identical results whatever else is in the batch (each checked 
   product and rounded once. Each row is summed on its own in a fixed order, so it does not depend on the other
   rows; each distinct adapter's factors are stored once, not copied for every row using it; rows are grouped by
   rank so none is padded to another adapter's rank. It replaced two `F.embedding_bag` sums (and the casts and
-  the add around them) per product: one call instead of four ops (bench/lean_ab.py, BENCHMARKS.md). (Sums over
-  bf16 factors in embedding_bag were faster still, but in about 4 of 10 processes gave a prompt other bits
-  alone than packed; tests/serve/test_lean_smollm2.py checks this in fresh processes.) Where the kernel cannot
-  be built (no C compiler), the engine serves through the transformers forward instead;
+  the add around them) per product: one call instead of four ops (bench/lean_ab.py, BENCHMARKS.md). The tables
+  are bf16, as the bf16 model holds its factors (half the bytes of fp32: 8 adapters in use then cost ~2% of a
+  32-row step instead of ~5%), widened to fp32 as the kernel reads them. (The same bf16 tables summed by
+  embedding_bag gave a prompt other bits alone than packed in about 4 of 10 processes, cause not found;
+  tests/serve/test_lean_smollm2.py checks this in fresh processes.) Where the kernel cannot be built (no C
+  compiler), the engine serves through the transformers forward instead;
 - RMSNorm in one kernel call per norm (lk_rms_norm: fp32, each row's sum of squares in a fixed order) instead of
   six torch ops: bench/lean_ab.py 0.932 at 8 rows, 0.909 at 32; RoPE on q and k and the writes of each row's key
   and value into its cache slot in one call per layer (lk_rope_cache, transformers' bf16 RoPE bit for bit)
@@ -77,7 +79,7 @@ TARGETS = tuple(t for targets in PRODUCTS.values() for t in targets)
 
 class Group(NamedTuple):
     """One fused product's LoRA for the rows whose adapters have the same ranks there, for kernel.lora_rows. The
-    factors of each distinct adapter among them are stored once. fp32 (see the module docstring for bf16)."""
+    factors of each distinct adapter among them are stored once, in bf16."""
 
     rows: torch.Tensor | None
     """The batch rows in this group, ascending (None: every row)."""
@@ -368,8 +370,8 @@ class LeanLlama:
             spans.append((r0, rank, lo, hi))
             r0 += rank
         return Group(None if len(rows) == total else torch.tensor(rows), slot,
-                     a.transpose(1, 2).reshape(-1, a.shape[1]).contiguous(), b.view(-1, width),
-                     kernel.lora_targets(spans))
+                     a.transpose(1, 2).reshape(-1, a.shape[1]).to(torch.bfloat16).contiguous(),
+                     b.view(-1, width).to(torch.bfloat16), kernel.lora_targets(spans))
 
     # ---- forward ----
 
