@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lorakit.serve.llama import Packed
+from lorakit.serve.packed import Packed
 
 SHAPES = {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576), "down": (576, 1536), "head": (49152, 576)}
 

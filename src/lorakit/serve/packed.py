@@ -1,0 +1,118 @@
+"""Base-weight products for the lean forward (llama.py): bf16 weights prepacked for oneDNN, in row counts that give
+every row the same bits however many rows come with it.
+
+oneDNN picks its kernel by the number of rows, and a row's bf16 result changes with the kernel (above 32 to 43
+rows on SmolLM2's shapes, above 21 on a 264x32 head; bench/lean_products.py). So a decode step's products take
+ROWS rows at a time, and a shape whose kernel is not proven to give every row the same bits at any count below
+ROWS (rows_are_exact, probed once per shape) is padded with zero rows to ROWS; prefills take larger products of
+proven sizes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+
+import torch
+import torch.nn.functional as F
+
+ROWS = 32  # rows per base-weight product of a decode step (and of the head): padded to this unless rows_are_exact
+# Rows in every base-weight product of a prefill. A prompt's rows meet the same kernel alone or packed, and never
+# need to match a decode step's, so prefills can take larger products: here a pass over the weights costs 27.4 /
+# 29.2 / 37.1 ms at 32 / 64 / 128 rows. Prefilling 32 packed prompts (359 tokens) took 0.84x the time of 32-row
+# products at 64 rows and 0.75x at 128; one 11-token prompt 1.11x and 1.31x. 64 keeps a lone request's first token
+# nearly as fast.
+PREFILL_ROWS = 64
+# Most rows in one prefill product, where the counts PREFILL_ROWS, PREFILL_ROWS + 16, ..., PREFILL_MAX all give a
+# PREFILL_ROWS-row product's rows (rows_are_exact; on SmolLM2's shapes every count from 37 to 255 shares one
+# kernel): 32 packed prompts (359 tokens) then take two products per weight instead of six. Steps of 16 keep the
+# kernels oneDNN creates and caches (one per row count) to 9.
+PREFILL_MAX = 192
+
+class Packed:
+    """y = x·Wᵀ in bf16 with W prepacked for oneDNN (plain F.linear without it), in products of allowed sizes."""
+
+    def __init__(self, weight: torch.Tensor):
+        w = weight.detach().to(torch.bfloat16).contiguous()
+        self.onednn = torch.backends.mkldnn.is_available()
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(w, ROWS) if self.onednn else w
+        self.out_features, self.in_features = w.shape
+        self.sizes: dict[int, tuple[int, ...]] = {}
+        """Product size (ROWS, PREFILL_ROWS) -> the row counts a product may take instead, ascending: LeanLlama
+        sets (1, ..., ROWS) and (PREFILL_ROWS, PREFILL_ROWS + 16, ..., PREFILL_MAX) where rows_are_exact proved
+        them equivalent. Absent: exactly that size."""
+        self.pads: dict[int, list] = {}  # row count -> [zero-padded input buffer (count, in), rows in use]
+
+    def _size(self, n: int, rows: int) -> int:
+        """The row count of the product that takes n rows: n itself when allowed, else the next allowed count
+        above it, 0 when n is more than one product takes. Called for every product: kept to a dict lookup
+        and a bisect."""
+        sizes = self.sizes.get(rows)
+        if sizes is None:
+            return rows if n <= rows else 0
+        if n <= len(sizes) and sizes[n - 1] == n:  # a decode step's rows as they are: no search
+            return n
+        i = bisect.bisect_left(sizes, n)
+        return sizes[i] if i < len(sizes) else 0
+
+    def slot(self, n: int, rows: int = ROWS) -> torch.Tensor | None:
+        """Where to write an n-row input so that __call__ multiplies it without copying: the first n rows of a
+        persistent buffer whose other rows are zero (None when n rows need no padding or one product cannot take
+        them). Saves the allocation, zero fill and concatenation of padding on each product that pads."""
+        size = self._size(n, rows)
+        if size == n or not size:
+            return None
+        pad = self.pads.get(size)
+        if pad is None:
+            pad = self.pads[size] = [torch.zeros(size, self.in_features, dtype=torch.bfloat16), 0]
+        buf, used = pad
+        if used > n:
+            buf[n:used].zero_()  # rows a larger batch left behind: padding must stay exact zeros
+        pad[1] = n
+        return buf[:n]
+
+    def __call__(self, x: torch.Tensor, rows: int = ROWS) -> torch.Tensor:
+        """x: (n, in) multiplied in products of allowed row counts (`sizes`; the missing rows zeros), the largest
+        allowed at a time: every row meets the same kernel however many rows come with it."""
+        n = x.shape[0]
+        size = self._size(n, rows)
+        if size == n:
+            return self.product(x.contiguous())
+        if not size:
+            most = self.sizes.get(rows, (rows,))[-1]
+            return torch.cat([self(x[i : i + most], rows) for i in range(0, n, most)])
+        buf = self.pads.get(size)
+        if buf is None or buf[1] != n or x.data_ptr() != buf[0].data_ptr():
+            self.slot(n, rows).copy_(x)
+        return self.product(self.pads[size][0])[:n]
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        """One product of any number of rows."""
+        if self.onednn:
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
+        return F.linear(x, self.weight)
+
+
+@functools.cache
+def rows_are_exact(out_features: int, in_features: int, threads: int, rows: int, counts: tuple[int, ...]) -> bool:
+    """Whether, for a prepacked (out, in) bf16 weight on this machine, a product of m rows, for every m in
+    `counts`, gives each row bit for bit what a `rows`-row product gives it. For m < ROWS = rows, a decode step's
+    products then need no padding (at 8 rows on SmolLM2: 19.0 against 22.6 ms for the 121 products); for m from
+    PREFILL_ROWS to PREFILL_MAX, a prefill takes fewer, larger products.
+
+    oneDNN picks its kernel by shape, row count and threads, never by the values, so one probe per shape decides.
+    Random data would be a weak probe: a kernel that sums in another order changes only ~1e-4 of bf16 outputs
+    (64- against 32-row products on SmolLM2). So the probe weight is built so that every output cancels: each
+    row's last column offsets the sum of the others, leaving |y| ~1000x below its terms, where fp32 rounding in
+    another order changes ~5% of the bf16 outputs (64 against 32 rows: 4-6% on all five SmolLM2 shapes). Every
+    row of the probe is the same vector, so a row's result must not depend on its position either."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(in_features, generator=g) * 16).to(torch.bfloat16)
+    w = (torch.randn(out_features, in_features, generator=g) * 16).to(torch.bfloat16)
+    for i in range(0, out_features, 4096):  # in slices: the head's weight alone is 57 MB in bf16
+        part = w[i : i + 4096]
+        part[:, -1] = (-(part[:, :-1].float() @ x[:-1].float()) / x[-1].float()).to(torch.bfloat16)
+    probe = Packed(w)
+    xs = x[None].expand(max((*counts, rows)), -1).contiguous()
+    first = probe.product(xs[:rows])[:1]
+    return all(bool((probe.product(xs[:m]) == first).all()) for m in (rows, *counts))
