@@ -213,6 +213,7 @@ def test_without_the_lora_kernel_the_engine_serves_through_transformers(tmp_path
 @pytest.mark.parametrize("config, problem", [
     (lorakit.LoraConfig(rank=4, targets=("q_proj", "embed_tokens")), "model.embed_tokens"),
     (lorakit.LoraConfig(rank=4, targets=("v_proj",), modules_to_save=("lm_head",)), "lm_head"),
+    (lorakit.LoraConfig(rank=520, targets=("q_proj", "v_proj")), "self_attn.qkv"),  # 1040 ranks in one product
 ])
 def test_an_adapter_the_lean_forward_cannot_apply_is_an_error_naming_the_module(tmp_path, config, problem):
     path = save_adapter(tmp_path / "odd", config, seed=3)

@@ -36,6 +36,8 @@ from lorakit.core.paths import cache_root
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC")
 LIBS = ("-lm",)
+MAX_RANK = 1024  # most summed ranks of one fused product lora_rows takes (kernels.c MAX_RANK)
+MAX_WIDTH = 32768  # widest input lora_rows and rms_norm take (kernels.c MAX_IN)
 
 
 class _Target(ctypes.Structure):
@@ -122,8 +124,8 @@ def lora_rows(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None, slot:
                         None if rows is None else rows.data_ptr(), slot.data_ptr(), a.data_ptr(), x.shape[1],
                         a.shape[1], b.data_ptr(), b.shape[1], ctypes.addressof(targets), len(targets),
                         torch.get_num_threads()):
-        raise ValueError(f"lora_rows takes ranks up to 256 and inputs up to 16384 wide, not {a.shape[1]} and "
-                         f"{x.shape[1]}")
+        raise ValueError(f"lora_rows takes ranks up to {MAX_RANK} and inputs up to {MAX_WIDTH} wide, not "
+                         f"{a.shape[1]} and {x.shape[1]}")
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -137,7 +139,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tenso
                          "bf16 weight of their width are required")
     if _library()[0].lk_rms_norm(x.data_ptr(), x.stride(0), weight.data_ptr(), out.data_ptr(), out.stride(0),
                                  x.shape[0], x.shape[1], eps, torch.get_num_threads()):
-        raise ValueError(f"rms_norm takes rows up to 16384 wide, not {x.shape[1]}")
+        raise ValueError(f"rms_norm takes rows up to {MAX_WIDTH} wide, not {x.shape[1]}")
     return out
 
 

@@ -80,8 +80,8 @@ static inline uint16_t float_to_bf16(float f) {  /* round to nearest even, as to
     return (uint16_t)((c.u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);  /* a select, so loops vectorize */
 }
 
-#define MAX_RANK 256
-#define MAX_IN 16384
+#define MAX_RANK 1024  /* kernel.py's MAX_RANK and MAX_WIDTH: the lean forward checks them up front */
+#define MAX_IN 32768
 
 /* t[0 .. count) = sum over j in 0..in-1 (in order) of x[j] * a[j*R + 0 .. count): count is a constant at the
  * main call, so the sums stay in registers. */

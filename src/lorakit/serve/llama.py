@@ -94,6 +94,10 @@ def unsupported(model: nn.Module) -> str | None:
         return "the model is not on the CPU"
     if kernel.library() is None:
         return f"lorakit's LoRA kernel is not available here ({kernel.status()})"
+    widest = max(cfg.hidden_size, cfg.intermediate_size)
+    head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    if widest > kernel.MAX_WIDTH or head > 1024 or head % 2:
+        return f"its widths ({widest}, heads of {head}) exceed the lean kernels' ({kernel.MAX_WIDTH}, 1024, even)"
     rope = getattr(getattr(model, "model", None), "rotary_emb", None)
     if rope is None or getattr(rope, "rope_type", "default") not in ("default", "linear", "llama3"):
         return f"its rotary embedding ({getattr(rope, 'rope_type', None)!r}) changes with the sequence length"
@@ -216,15 +220,24 @@ class LeanLlama:
 
     def check(self, key: str) -> None:
         """AdapterError if adapter `key` adapts anything the lean forward does not apply."""
+        ranks: dict[str, int] = {}  # "layer path/product" -> the adapter's summed ranks there
         for path, module in wrappers(self.model):
             if path in self.known:
                 if key in getattr(module, MAGNITUDE, {}):
                     raise AdapterError(f"adapter uses DoRA at {path}, which the bf16 lean engine does not apply; "
                                        f"serve it with --dtype float32")
+                if key in module.lora_A:
+                    layer, target = path.rsplit(".", 1)
+                    product = next(p for p, targets in PRODUCTS.items() if target in targets)
+                    ranks[f"{layer}.{product}"] = ranks.get(f"{layer}.{product}", 0) + module.lora_A[key].shape[0]
                 continue
             if key in getattr(module, "lora_A", {}) or key in getattr(module, "copies", {}):
                 raise AdapterError(f"adapter changes {path}, which the bf16 lean engine does not apply (it adapts "
                                    f"only {', '.join(TARGETS)}); serve it with --dtype float32")
+        where, most = max(ranks.items(), key=lambda item: item[1], default=("", 0))
+        if most > kernel.MAX_RANK:
+            raise AdapterError(f"adapter's ranks add up to {most} in {where}, more than the bf16 lean engine's "
+                               f"{kernel.MAX_RANK} per fused product; serve it with --dtype float32")
 
     def _tables(self, names: list[str | None]) -> list[dict[str, list[Group]]]:
         """Per layer: fused product -> the LoRA groups of the rows (see Group), rows grouped by the ranks their
