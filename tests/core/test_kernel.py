@@ -87,6 +87,13 @@ def test_lora_rows_refuses_what_it_would_misread():
         kernel.lora_rows(x, y, None, slot, a.t().contiguous().t(), b, targets)  # a not contiguous
     with pytest.raises(ValueError, match="bf16 x and y"):
         kernel.lora_rows(x, y, None, slot.int(), a, b, targets)
+    with pytest.raises(ValueError, match="nothing was written"):  # adapter 2 of 2, row 5 of 2, a span past 16
+        kernel.lora_rows(x, y, None, torch.tensor([0, 2]), a, b, targets)
+    with pytest.raises(ValueError, match="nothing was written"):
+        kernel.lora_rows(x, y, torch.tensor([0, 5]), slot, a, b, targets)
+    with pytest.raises(ValueError, match="nothing was written"):
+        kernel.lora_rows(x, y, None, slot, a, b, kernel.lora_targets([(0, 4, 8, 17)]))
+    assert not y.any()
 
 
 def test_rms_norm_is_llamas_rmsnorm_and_each_row_its_own():

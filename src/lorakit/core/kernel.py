@@ -120,12 +120,15 @@ def lora_rows(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None, slot:
             and (rows is not None or n == x.shape[0])):
         raise ValueError("lora_rows: bf16 x and y with unit column stride, contiguous bf16 tables of matching "
                          "shapes and contiguous int64 rows and slots are required")
-    if lib.lk_lora_rows(x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), n,
-                        None if rows is None else rows.data_ptr(), slot.data_ptr(), a.data_ptr(), x.shape[1],
-                        a.shape[1], b.data_ptr(), b.shape[1], ctypes.addressof(targets), len(targets),
-                        torch.get_num_threads()):
+    status = lib.lk_lora_rows(x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), x.shape[0],
+                              a.shape[0] // x.shape[1], n, None if rows is None else rows.data_ptr(),
+                              slot.data_ptr(), a.data_ptr(), x.shape[1], a.shape[1], b.data_ptr(), b.shape[1],
+                              ctypes.addressof(targets), len(targets), torch.get_num_threads())
+    if status == -1:
         raise ValueError(f"lora_rows takes ranks up to {MAX_RANK} and inputs up to {MAX_WIDTH} wide, not "
                          f"{a.shape[1]} and {x.shape[1]}")
+    if status:
+        raise ValueError("lora_rows: a row, adapter slot or target span outside the tensors; nothing was written")
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -232,7 +235,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib.lk_merge.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int]
     lib.lk_merge.restype = None
     p, i = ctypes.c_void_p, ctypes.c_int64
-    lib.lk_lora_rows.argtypes = [p, i, p, i, i, p, p, p, i, i, p, i, p, i, ctypes.c_int]
+    lib.lk_lora_rows.argtypes = [p, i, p, i, i, i, i, p, p, p, i, i, p, i, p, i, ctypes.c_int]
     lib.lk_lora_rows.restype = ctypes.c_int
     lib.lk_rms_norm.argtypes = [p, i, p, p, i, i, i, ctypes.c_float, ctypes.c_int]
     lib.lk_rms_norm.restype = ctypes.c_int

@@ -113,10 +113,16 @@ static inline __attribute__((always_inline)) void add_update(const float *t, con
     for (int l = 0; l < count; ++l) y[c + l] = float_to_bf16(bf16_to_float(y[c + l]) + acc[l]);
 }
 
-int lk_lora_rows(const uint16_t *x, int64_t ldx, uint16_t *y, int64_t ldy, int64_t n, const int64_t *rows,
+int lk_lora_rows(const uint16_t *x, int64_t ldx, uint16_t *y, int64_t ldy, int64_t ny, int64_t adapters,
+                 int64_t n, const int64_t *rows,
                  const int64_t *slot, const uint16_t *a, int64_t in, int64_t R, const uint16_t *b, int64_t width,
                  const lk_target *targets, int64_t ntargets, int threads) {
     if (R > MAX_RANK || in > MAX_IN) return -1;
+    for (int64_t i = 0; i < n; ++i)  /* every index is checked before anything is written */
+        if (slot[i] < 0 || slot[i] >= adapters || (rows ? rows[i] < 0 || rows[i] >= ny : i >= ny)) return -2;
+    for (int64_t g = 0; g < ntargets; ++g)
+        if (targets[g].r0 < 0 || targets[g].r0 + targets[g].rank > R || targets[g].lo < 0 || targets[g].hi > width)
+            return -2;
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t i = 0; i < n; ++i) {
         const int64_t row = rows ? rows[i] : i;
