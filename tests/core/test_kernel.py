@@ -21,6 +21,13 @@ def tables(adapters: int, inn: int, width: int, spans: list[tuple[int, int, int,
     return a.to(torch.bfloat16), b.view(adapters * rank, width).to(torch.bfloat16)
 
 
+def assert_one_bf16_step_apart(got: torch.Tensor, want: torch.Tensor) -> None:
+    """bf16 results summed in another order: at most one bf16 step apart, and only in a few entries."""
+    step = (want.float().abs() * 2**-7).clamp_min(2**-126)
+    assert ((got.float() - want.float()).abs() <= step).all()
+    assert (got != want).float().mean() < 0.05
+
+
 def reference(x, y, rows, slot, a, b):
     """y[row] + x[row]·Aᵀ·(s·Bᵀ) in fp32, rounded once to bf16."""
     inn, rank, width = x.shape[1], a.shape[1], b.shape[1]
@@ -48,10 +55,7 @@ def test_lora_rows_adds_each_rows_own_update_rounded_once(spans):
         got = y.clone()
         kernel.lora_rows(x, got, chosen, slots, a, b, kernel.lora_targets(spans))
         want = reference(x, y, chosen, slots, a, b)
-        # fp32 sums against a float64 reference: at most one bf16 step apart, and only in a few entries.
-        step = (want.float().abs() * 2**-7).clamp_min(2**-126)
-        assert ((got.float() - want.float()).abs() <= step).all()
-        assert (got != want).float().mean() < 0.05
+        assert_one_bf16_step_apart(got, want)  # fp32 sums against a float64 reference
         untouched = [c for c in range(width) if not any(lo <= c < hi for _, _, lo, hi in spans)]
         assert torch.equal(got[:, untouched], y[:, untouched])
         if chosen is not None:  # rows not chosen are left alone
@@ -103,9 +107,7 @@ def test_rms_norm_is_llamas_rmsnorm_and_each_row_its_own():
     got = kernel.rms_norm(x, w, 1e-5)
     h = x.float()
     want = w * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5)).to(torch.bfloat16)  # LlamaRMSNorm
-    step = (want.float().abs() * 2**-7).clamp_min(2**-126)
-    assert ((got.float() - want.float()).abs() <= step).all()
-    assert (got != want).float().mean() < 0.05
+    assert_one_bf16_step_apart(got, want)
     for i in (0, 17, 36):
         assert torch.equal(kernel.rms_norm(x[i : i + 1].clone(), w, 1e-5)[0], got[i])
     out = torch.zeros(40, 72, dtype=torch.bfloat16)

@@ -1,5 +1,6 @@
 """lorakit's C kernels (kernels.c): the fused merge, W += sign·s·left·right for many fp32 CPU weights in one call,
-and each row's own LoRA on bf16 rows for the lean serving forward (lora_rows).
+and for the lean serving forward, on bf16 rows computed each on its own: each row's own LoRA (lora_rows),
+RMSNorm (rms_norm), RoPE with the KV-cache writes (rope_cache) and decode attention (decode_attention).
 
 Why not addmm_: per weight, MKL computes the rank-r product as a GEMM (K = 8 runs it at ~70 GFLOP/s) and then
 adds it into W, so merging SmolLM2's 60 q,v weights took 5.6-6.9 ms where one read and write of those 53 MB takes
@@ -38,6 +39,7 @@ FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-
 LIBS = ("-lm",)
 MAX_RANK = 1024  # most summed ranks of one fused product lora_rows takes (kernels.c MAX_RANK)
 MAX_WIDTH = 32768  # widest input lora_rows and rms_norm take (kernels.c MAX_IN)
+MAX_HEAD = 1024  # largest (even) head size rope_cache and decode_attention take (kernels.c MAX_HEAD)
 
 
 class _Target(ctypes.Structure):
@@ -59,9 +61,15 @@ _loaded: tuple[ctypes.CDLL | None, str] | None = None  # (library or None, why n
 
 
 def status() -> str:
-    """How merges run here: 'fused kernel' or 'addmm_ (<why the kernel is not used>)'."""
+    """How merges run here: 'fused kernel' or 'addmm_ (<why the kernels are not used>)'."""
     lib, why = _library()
     return "fused kernel" if lib is not None else f"addmm_ ({why})"
+
+
+def unavailable() -> str | None:
+    """Why the kernels are not used here (None when they are)."""
+    lib, why = _library()
+    return None if lib is not None else why
 
 
 def eligible(w: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> bool:
@@ -168,7 +176,7 @@ def rope_cache(qkv: torch.Tensor, heads: int, kv_heads: int, cos: torch.Tensor, 
         positions.data_ptr(), slots.data_ptr(), keys.data_ptr(), values.data_ptr(), keys.shape[0], keys.shape[2],
         torch.get_num_threads())
     if status == -1:
-        raise ValueError(f"rope_cache takes an even head size up to 1024, not {d}")
+        raise ValueError(f"rope_cache takes an even head size up to {MAX_HEAD}, not {d}")
     if status:
         raise ValueError(f"rope_cache: a position outside the tables ({cos.shape[0]}) or the cache ({keys.shape[2]}),"
                          f" or a slot outside the cache ({keys.shape[0]}); nothing was written")

@@ -5,7 +5,9 @@
  * current block stay in L1. One OpenMP region covers every row of every weight, split evenly over the threads.
  * Per element: acc = sum over k = 0..r-1 of left[i,k] * right[k,j] (in that order), then w += s * acc.
  *
- * lk_lora_rows: each row's own adapter on bf16 rows (the lean serving forward), below. */
+ * For the lean serving forward (lorakit/serve/llama.py), each on bf16 rows and each computing every row on its own
+ * in a fixed order, so that a row's bits never depend on the batch: lk_lora_rows (each row's own adapter),
+ * lk_rms_norm, lk_rope_cache (RoPE and the KV-cache writes) and lk_decode_attention. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -80,8 +82,9 @@ static inline uint16_t float_to_bf16(float f) {  /* round to nearest even, as to
     return (uint16_t)((c.u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);  /* a select, so loops vectorize */
 }
 
-#define MAX_RANK 1024  /* kernel.py's MAX_RANK and MAX_WIDTH: the lean forward checks them up front */
+#define MAX_RANK 1024  /* kernel.py's MAX_RANK, MAX_WIDTH and MAX_HEAD: the lean forward checks them up front */
 #define MAX_IN 32768
+#define MAX_HEAD 1024
 
 /* t[0 .. count) = sum over j in 0..in-1 (in order) of x[j] * a[j*R + 0 .. count): count is a constant at the
  * main call, so the sums stay in registers. */
@@ -193,7 +196,7 @@ int lk_rms_norm(const uint16_t *x, int64_t ldx, const uint16_t *w, uint16_t *out
 int lk_rope_cache(uint16_t *qkv, int64_t ld, int64_t n, int64_t nq, int64_t nkv, int64_t hd, const uint16_t *cos,
                   const uint16_t *signed_sin, int64_t positions, const int64_t *pos, const int64_t *slot,
                   uint16_t *keys, uint16_t *values, int64_t slots, int64_t capacity, int threads) {
-    if (hd <= 0 || hd > 1024 || hd % 2) return -1;
+    if (hd <= 0 || hd > MAX_HEAD || hd % 2) return -1;
     for (int64_t i = 0; i < n; ++i)  /* every index is checked before anything is written */
         if (pos[i] < 0 || pos[i] >= positions || pos[i] >= capacity || slot[i] < 0 || slot[i] >= slots) return -2;
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
@@ -201,7 +204,7 @@ int lk_rope_cache(uint16_t *qkv, int64_t ld, int64_t n, int64_t nq, int64_t nkv,
         uint16_t *row = qkv + i * ld;
         const uint16_t *c = cos + pos[i] * hd, *s = signed_sin + pos[i] * hd;
         const int64_t half = hd / 2;
-        uint16_t rotated[1024];
+        uint16_t rotated[MAX_HEAD];
         for (int64_t h = 0; h < nq + nkv; ++h) {
             uint16_t *x = row + h * hd;
             for (int64_t d = 0; d < hd; ++d) {
@@ -237,7 +240,7 @@ int lk_rope_cache(uint16_t *qkv, int64_t ld, int64_t n, int64_t nq, int64_t nkv,
 int lk_decode_attention(const uint16_t *q, int64_t ldq, const uint16_t *keys, const uint16_t *values,
                         int64_t slots, int64_t capacity, const int64_t *slot, const int64_t *len, int64_t n,
                         int64_t nq, int64_t nkv, int64_t hd, float scale, uint16_t *out, int64_t ldo, int threads) {
-    if (hd <= 0 || hd > 1024 || nkv <= 0 || nq % nkv) return -1;
+    if (hd <= 0 || hd > MAX_HEAD || nkv <= 0 || nq % nkv) return -1;
     for (int64_t i = 0; i < n; ++i)
         if (slot[i] < 0 || slot[i] >= slots || len[i] <= 0 || len[i] > capacity) return -2;
     const int64_t group = nq / nkv;
@@ -249,7 +252,7 @@ int lk_decode_attention(const uint16_t *q, int64_t ldq, const uint16_t *keys, co
             const int64_t kv = h / group, count = len[i];
             const uint16_t *k = keys + (slot[i] * nkv + kv) * capacity * hd;
             const uint16_t *v = values + (slot[i] * nkv + kv) * capacity * hd;
-            float qf[1024], acc[1024], local[LOCAL_KEYS];
+            float qf[MAX_HEAD], acc[MAX_HEAD], local[LOCAL_KEYS];
             float *scores = count <= LOCAL_KEYS ? local : malloc(count * sizeof(float));
             if (!scores) {
                 #pragma omp atomic write

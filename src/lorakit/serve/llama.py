@@ -33,8 +33,8 @@ through gives bit-identical results whatever else is in the batch (each checked 
   and value into its cache slot in one call per layer (lk_rope_cache, transformers' bf16 RoPE bit for bit)
   instead of four ops and two index_put_: 0.946 at 8 rows, 0.953 at 32, the same tokens;
 - prompts joining together are prefilled packed into one batch, each through products of proven row counts (64
-  to 192 here), its own LoRA sums (one bag per token) and its own causal attention (batched with the prompts of
-  its length), so a prompt's first token never depends on the batch either.
+  to 192 here), its own LoRA (each token with its request's adapter) and its own causal attention (batched with
+  the prompts of its length), so a prompt's first token never depends on the batch either.
 
 Supports LlamaForCausalLM without attention or MLP biases (SmolLM2, TinyLlama, Llama 2/3) and LoRA on its seven
 projections. Adapters must not touch other modules (embeddings, the head, modules_to_save) or use DoRA.
@@ -92,12 +92,14 @@ def unsupported(model: nn.Module) -> str | None:
         return f"hidden_act is {cfg.hidden_act!r}, not 'silu'"
     if next(model.parameters()).device.type != "cpu":
         return "the model is not on the CPU"
-    if kernel.library() is None:
-        return f"lorakit's LoRA kernel is not available here ({kernel.status()})"
+    why = kernel.unavailable()
+    if why is not None:
+        return f"lorakit's C kernels are not available here: {why}"
     widest = max(cfg.hidden_size, cfg.intermediate_size)
     head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    if widest > kernel.MAX_WIDTH or head > 1024 or head % 2:
-        return f"its widths ({widest}, heads of {head}) exceed the lean kernels' ({kernel.MAX_WIDTH}, 1024, even)"
+    if widest > kernel.MAX_WIDTH or head > kernel.MAX_HEAD or head % 2:
+        return (f"its widths ({widest}, heads of {head}) exceed the lean kernels' ({kernel.MAX_WIDTH}, "
+                f"{kernel.MAX_HEAD}, even)")
     rope = getattr(getattr(model, "model", None), "rotary_emb", None)
     if rope is None or getattr(rope, "rope_type", "default") not in ("default", "linear", "llama3"):
         return f"its rotary embedding ({getattr(rope, 'rope_type', None)!r}) changes with the sequence length"
