@@ -162,3 +162,21 @@ def test_decode_attention_is_each_rows_softmax_over_its_own_keys():
         assert torch.equal(alone[0], got[i])
     with pytest.raises(ValueError, match="a length outside"):
         kernel.decode_attention(q, keys, values, slot_ids, torch.tensor([1, 17, 41, 9]), kv)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_argmax_is_torch_max_first_index_with_ties_nan_and_infinities(dtype):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 1000, generator=g)
+    x[1, 7] = x[1, 500] = float("nan")  # the first NaN wins, as torch.max propagates it
+    x[2, 3], x[2, 990] = 99.0, float("nan")  # a NaN after the maximum still wins
+    x[3, 10] = x[3, 600] = 99.0  # a tie: the first
+    x[4] = float("-inf")  # nothing above -inf: index 0
+    x[5, 999] = 50.0  # in the scalar tail after the vector blocks
+    x[6, :3] = 77.0
+    x[7] = 0.0
+    x = x.to(dtype)
+    rows = torch.cat([x, x[:, :997]], 1)[:, :1000]  # a row stride wider than the row
+    for logits in (x, rows, x[:, :13], x[:1]):
+        assert torch.equal(kernel.argmax(logits), logits.max(-1).indices)
+    assert kernel.argmax(x.to(torch.float16)) is None  # another dtype: the caller uses torch

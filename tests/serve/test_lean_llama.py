@@ -49,8 +49,8 @@ def test_the_lean_forward_gives_the_transformers_logits():
         lean.release(slot)
         # The same bf16 model up to summation order (products of 32 rows, a decode step's masked bucket of 64
         # keys) and, with an adapter, LoRA in fp32 here against bf16 in the transformers model.
-        torch.testing.assert_close(first[0], hf_logits(model, prompt, adapter), atol=2e-2, rtol=0)
-        torch.testing.assert_close(second, hf_logits(model, prompt + [token], adapter), atol=2e-2, rtol=0)
+        torch.testing.assert_close(first[0].float(), hf_logits(model, prompt, adapter), atol=2e-2, rtol=0)
+        torch.testing.assert_close(second.float(), hf_logits(model, prompt + [token], adapter), atol=2e-2, rtol=0)
 
 
 def test_targets_of_one_adapter_with_different_scalings_get_each_their_own():
@@ -64,8 +64,8 @@ def test_targets_of_one_adapter_with_different_scalings_get_each_their_own():
     (slot,), first = lean.prefill([prompt], ["a"])
     token = int(first[0].argmax())
     second = lean.decode([slot], [token], ["a"])[0]
-    torch.testing.assert_close(first[0], hf_logits(model, prompt, "a"), atol=2e-2, rtol=0)
-    torch.testing.assert_close(second, hf_logits(model, prompt + [token], "a"), atol=2e-2, rtol=0)
+    torch.testing.assert_close(first[0].float(), hf_logits(model, prompt, "a"), atol=2e-2, rtol=0)
+    torch.testing.assert_close(second.float(), hf_logits(model, prompt + [token], "a"), atol=2e-2, rtol=0)
 
 
 def test_every_row_is_bit_identical_alone_and_in_any_batch():

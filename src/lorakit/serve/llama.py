@@ -290,7 +290,7 @@ class LeanLlama:
 
     @torch.inference_mode()
     def prefill(self, prompts: list[list[int]], names: list[str | None]) -> tuple[list[int], torch.Tensor]:
-        """Prefill prompts into new slots, their tokens packed into one batch: (slots, (n, vocab) fp32 logits).
+        """Prefill prompts into new slots, their tokens packed into one batch: (slots, (n, vocab) bf16 logits).
 
         Each prompt's result is the same as when it is prefilled alone: its rows go through products of row counts
         proven equivalent (Packed.sizes), its LoRA products see only its own tokens, and its causal attention only
@@ -337,11 +337,12 @@ class LeanLlama:
         for slot, n in zip(slots, sizes, strict=True):
             self.lengths[slot] = n
         last = h.index_select(0, torch.tensor([end - 1 for end in ends]))
-        return slots, self.head(self._rms(last, self.norm)).float()
+        return slots, self.head(self._rms(last, self.norm))
 
     @torch.inference_mode()
     def decode(self, slots: list[int], tokens: list[int], names: list[str | None]) -> torch.Tensor:
-        """One token for each slot: (rows, vocab) fp32 logits. Every row's result is independent of the others."""
+        """One token for each slot: (rows, vocab) bf16 logits, the head's output as it is (a greedy choice reads
+        them directly, sampling widens its row). Every row's result is independent of the others."""
         b = len(slots)
         top = max(self.lengths[s] for s in slots) + 1
         if _bucket(top) > self._capacity():
@@ -362,7 +363,7 @@ class LeanLlama:
             h = self._block_rest(block, tables[i], h, out)
         for s in slots:
             self.lengths[s] += 1
-        return self.head(self._rms(h, self.norm)).float()
+        return self.head(self._rms(h, self.norm))
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The (cos, signed sin) tables, (positions, D) bf16, grown in blocks of ROPE_BLOCK to cover `positions`;
