@@ -8,8 +8,8 @@ touches the model. Two forwards:
   practice (rows differ by ~1e-7), in bf16 it can;
 - lean (llama.LeanLlama; bf16 Llama models on CPU where lorakit's C kernels are built, the default there):
   per-request cache slots and ops whose rows are bit-identical whatever else is in the batch; a SmolLM2 decode
-  step of 8 rows took 49 ms against the fp32 forward's 95 ms in the same session (bench/serve.py --profile 8
-  [--dtype bfloat16]).
+  step of 8 rows took 36-37 ms against the fp32 forward's 99-118 ms, two runs each, one after the other on a
+  busy host (bench/serve.py --profile 8 [--dtype bfloat16], at 97c6e75).
 """
 
 from __future__ import annotations
