@@ -215,8 +215,9 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
 
 def argmax(x: torch.Tensor) -> torch.Tensor | None:
     """Each row's index of its first maximum (its first NaN where it holds one), as x.max(-1).indices gives it,
-    for (n, v) bf16 or fp32 CPU rows with unit column stride (kernels.c, lk_argmax: 478 against ~60 µs for 32
-    rows of 49152 fp32 logits); None where the kernels are not available or x is another kind of tensor."""
+    for (n, v) bf16 or fp32 CPU rows with unit column stride (kernels.c, lk_argmax; in a 32-row SmolLM2 decode
+    step 0.50 ms over the head's bf16 logits, against 1.41 ms for torch.max over them widened to fp32); None
+    where the kernels are not available or x is another kind of tensor."""
     lib = _library()[0]
     if (lib is None or x.dim() != 2 or x.dtype not in (torch.bfloat16, torch.float32) or not x.is_cpu
             or x.stride(1) != 1 or not x.shape[1]):
