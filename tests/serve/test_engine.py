@@ -79,7 +79,7 @@ def test_greedy_output_is_identical_alone_and_in_a_busy_mixed_batch(adapters, fo
         assert tokens(a) == tokens(b) == tokens(c), job
         assert "".join(e.text for e in a) == "".join(e.text for e in b) == "".join(e.text for e in c)
     assert not engine.running and engine.batch.rows == 0
-    assert engine.lean is None or not any(engine.lean.lengths)  # every cache slot was given back
+    assert engine.lean is None or not any(engine.lean.cache.lengths)  # every cache slot was given back
 
 
 def test_engine_output_equals_transformers_generate_with_the_adapter_active(adapters):

@@ -168,10 +168,10 @@ def test_the_cache_grows_under_running_rows_without_changing_them():
     model = adapted_model()
     lean = LeanLlama(model)
     (short,), _ = lean.prefill([[7, 8, 9]], ["a"])
-    before = lean.keys[0][short, :, :3].clone()
+    before = lean.cache.keys[0][short, :, :3].clone()
     (long,), _ = lean.prefill([list(range(5, 85))], ["b"])  # past the first 64-token capacity: every layer reallocated
-    assert lean.keys[0].shape[2] >= 80 and torch.equal(lean.keys[0][short, :, :3], before)
-    assert lean.lengths[short] == 3 and lean.lengths[long] == 80
+    assert lean.cache.keys[0].shape[2] >= 80 and torch.equal(lean.cache.keys[0][short, :, :3], before)
+    assert lean.cache.lengths[short] == 3 and lean.cache.lengths[long] == 80
 
 
 def test_only_bf16_llama_models_on_the_cpu_take_the_lean_forward(tmp_path):

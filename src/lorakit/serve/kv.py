@@ -1,6 +1,10 @@
-"""The running batch's KV cache: rows of different lengths, right-aligned, joining and leaving between steps.
+"""KV caches for the engine's two forwards.
 
-Every row's tokens end at the same column, so one decode step appends one column for all rows; a row shorter than
+SlotCache (the lean forward, llama.py): each request owns a slot of every layer's cache, its keys from position 0,
+and attends over exactly its own; a slot is handed back when the request leaves.
+
+BatchCache (the transformers forward): rows of different lengths, right-aligned, joining and leaving between
+steps. Every row's tokens end at the same column, so one decode step appends one column for all rows; a row shorter than
 the longest is left-padded with zeros that its attention mask hides. Joins and leaves copy the cache once; a decode
 step writes in place into preallocated room (transformers' DynamicLayer would re-concatenate the whole cache every
 step, which for 32 rows of SmolLM2 is ~100 MB copied per token).
@@ -13,6 +17,69 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 ROOM = 64  # columns of headroom allocated at each rebuild: a rebuild (a copy) happens at most every 64 steps
+BUCKET = 64  # a SlotCache's capacity grows in multiples of this
+
+
+class SlotCache:
+    """Per layer, keys and values (slots, kv_heads, capacity, head_dim) in bf16; `lengths[s]` tokens of slot s are
+    filled (0: free). Grows by reallocating: doubling the slots when none is free, and at least doubling the
+    capacity when a request needs more, up to the model's context."""
+
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, context: int):
+        self.layers, self.kv_heads, self.head_dim, self.context = layers, kv_heads, head_dim, context
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every slot and its cache."""
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.lengths: list[int] = []
+        self.free: list[int] = []
+
+    def release(self, slot: int) -> None:
+        self.lengths[slot] = 0
+        self.free.append(slot)
+
+    def take(self, length: int) -> int:
+        """A free slot with room for `length` tokens, growing the cache if needed (doubling the slots)."""
+        if not self.free:
+            old = len(self.lengths)
+            self._grow(max(1, 2 * old), max(length, self.capacity))
+            self.free = list(range(old, len(self.lengths)))
+        elif length > self.capacity:
+            self._grow(len(self.lengths), length)
+        return self.free.pop(0)
+
+    def fit(self, length: int) -> None:
+        """Room for `length` tokens in every slot (a decode step's longest row, its new token included)."""
+        if _bucket(length) > self.capacity:
+            self._grow(len(self.lengths), _bucket(length))
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2] if self.keys else 0
+
+    def _grow(self, slots: int, capacity: int) -> None:
+        """Reallocate every layer's cache to (slots, capacity); a capacity that must grow at least doubles (so
+        long generations copy the cache O(log n) times), up to the model's context."""
+        old = self.capacity
+        if capacity > old:
+            capacity = _bucket(min(max(capacity, 2 * old), max(capacity, self.context)))
+        shape = (slots, self.kv_heads, max(capacity, old), self.head_dim)
+
+        def grown(cache: torch.Tensor | None) -> torch.Tensor:
+            new = torch.zeros(shape, dtype=torch.bfloat16)
+            if cache is not None:
+                new[: cache.shape[0], :, :old] = cache
+            return new
+
+        self.keys = [grown(self.keys[i] if self.keys else None) for i in range(self.layers)]
+        self.values = [grown(self.values[i] if self.values else None) for i in range(self.layers)]
+        self.lengths += [0] * (slots - len(self.lengths))
+
+
+def _bucket(keys: int) -> int:
+    return -(-keys // BUCKET) * BUCKET
 
 
 class GrowingLayer(DynamicLayer):

@@ -54,10 +54,10 @@ from lorakit.core.errors import AdapterError
 from lorakit.core.inject import wrappers
 from lorakit.core.layers import MAGNITUDE, LoraLinear
 from lorakit.core.state import ATTR
+from lorakit.serve.kv import SlotCache
 from lorakit.serve.packed import PREFILL_MAX, PREFILL_ROWS, ROWS, Packed, rows_are_exact
+from lorakit.serve.rope import RopeTable
 
-ROPE_BLOCK = 256  # positions per block of the RoPE table (256 x 64 values: one thread computes a block)
-BUCKET = 64  # the KV cache's capacity grows in multiples of this
 ATTN = ("q_proj", "k_proj", "v_proj")
 MLP = ("gate_proj", "up_proj")
 PRODUCTS = {"qkv": ATTN, "o": ("o_proj",), "gate_up": MLP, "down": ("down_proj",)}
@@ -151,8 +151,7 @@ class LeanLlama:
         self.eps = cfg.rms_norm_eps
         self.context = cfg.max_position_embeddings
         inner = model.model
-        self.rotary = inner.rotary_emb
-        self._cos = self._sin = torch.empty(0, self.head_dim, dtype=torch.bfloat16)  # see _rope
+        self.rope = RopeTable(inner.rotary_emb, self.head_dim)
         with torch.no_grad():
             self.embed = _weight(inner.embed_tokens).to(torch.bfloat16)
             self.norm = _weight(inner.norm).to(torch.bfloat16)
@@ -171,52 +170,17 @@ class LeanLlama:
         # Module paths whose adapters this forward applies; by path, as adapters loaded later wrap new modules.
         self.known = {f"model.layers.{i}.{'self_attn' if t in ATTN + ('o_proj',) else 'mlp'}.{t}"
                       for i in range(len(self.blocks)) for t in TARGETS}
-        self.keys: list[torch.Tensor] = []  # per layer (slots, kv_heads, capacity, head_dim)
-        self.values: list[torch.Tensor] = []
-        self.lengths: list[int] = []  # tokens in each slot's cache (0 for a free slot)
-        self.free: list[int] = []
+        self.cache = SlotCache(len(self.blocks), self.kv_heads, self.head_dim, self.context)
         self._factors: tuple | None = None  # (key, tables): see _tables
 
     # ---- slots ----
 
     def reset(self) -> None:
         """Forget every slot and its cache."""
-        self.keys, self.values, self.lengths, self.free = [], [], [], []
+        self.cache.reset()
 
     def release(self, slot: int) -> None:
-        self.lengths[slot] = 0
-        self.free.append(slot)
-
-    def _slot(self, length: int) -> int:
-        """A free slot with room for `length` tokens, growing the cache if needed (doubling the slots)."""
-        if not self.free:
-            old = len(self.lengths)
-            self._grow(max(1, 2 * old), max(length, self._capacity()))
-            self.free = list(range(old, len(self.lengths)))
-        elif length > self._capacity():
-            self._grow(len(self.lengths), length)
-        return self.free.pop(0)
-
-    def _capacity(self) -> int:
-        return self.keys[0].shape[2] if self.keys else 0
-
-    def _grow(self, slots: int, capacity: int) -> None:
-        """Reallocate every layer's cache to (slots, capacity); a capacity that must grow at least doubles (so
-        long generations copy the cache O(log n) times), up to the model's context."""
-        old = self._capacity()
-        if capacity > old:
-            capacity = _bucket(min(max(capacity, 2 * old), max(capacity, self.context)))
-        shape = (slots, self.kv_heads, max(capacity, old), self.head_dim)
-
-        def grown(cache: torch.Tensor | None) -> torch.Tensor:
-            new = torch.zeros(shape, dtype=torch.bfloat16)
-            if cache is not None:
-                new[: cache.shape[0], :, :old] = cache
-            return new
-
-        self.keys = [grown(self.keys[i] if self.keys else None) for i in range(len(self.blocks))]
-        self.values = [grown(self.values[i] if self.values else None) for i in range(len(self.blocks))]
-        self.lengths += [0] * (slots - len(self.lengths))
+        self.cache.release(slot)
 
     # ---- adapters ----
 
@@ -296,14 +260,15 @@ class LeanLlama:
         proven equivalent (Packed.sizes), its LoRA products see only its own tokens, and its causal attention only
         its own keys (in one call with the other prompts of its length)."""
         sizes = [len(p) for p in prompts]
-        slots = [self._slot(n) for n in sizes]
+        cache = self.cache
+        slots = [cache.take(n) for n in sizes]
         ends = torch.tensor(sizes).cumsum(0).tolist()
         spans = Spans([(end - n, end) for n, end in zip(sizes, ends, strict=True)])
         total = ends[-1]
         tables = self._tables(names)
         positions = torch.cat([torch.arange(n) for n in sizes])
         h = self.embed[torch.tensor([t for p in prompts for t in p])]  # (P, C)
-        cos, sin = self._rope(positions)
+        cos, sin = self.rope.tables(positions)
         hd, nq, nkv = self.head_dim, self.heads, self.kv_heads
         token_slots = torch.tensor(slots).repeat_interleave(torch.tensor(sizes))  # each token's cache slot
         # Prompts of one length attend in one call, batched (sdpa's rows do not depend on the batch: each prompt's
@@ -318,7 +283,7 @@ class LeanLlama:
         for i, block in enumerate(self.blocks):
             qkv = self._project(block.qkv, self._rms(h, block.norm1, block.qkv.slot(total, PREFILL_ROWS)),
                                 tables[i].get("qkv"), spans)
-            kernel.rope_cache(qkv, nq, nkv, cos, sin, positions, token_slots, self.keys[i], self.values[i])
+            kernel.rope_cache(qkv, nq, nkv, cos, sin, positions, token_slots, cache.keys[i], cache.values[i])
             qk = qkv[:, : (nq + nkv) * hd].view(total, nq + nkv, hd)  # q and k rotated in place
             v = qkv[:, (nq + nkv) * hd :].view(total, nkv, hd)
             out = None
@@ -335,7 +300,7 @@ class LeanLlama:
                     out.index_copy_(0, tokens, got)
             h = self._block_rest(block, tables[i], h, out, spans)
         for slot, n in zip(slots, sizes, strict=True):
-            self.lengths[slot] = n
+            cache.lengths[slot] = n
         last = h.index_select(0, torch.tensor([end - 1 for end in ends]))
         return slots, self.head(self._rms(last, self.norm))
 
@@ -343,51 +308,25 @@ class LeanLlama:
     def decode(self, slots: list[int], tokens: list[int], names: list[str | None]) -> torch.Tensor:
         """One token for each slot: (rows, vocab) bf16 logits, the head's output as it is (a greedy choice reads
         them directly, sampling widens its row). Every row's result is independent of the others."""
-        b = len(slots)
-        top = max(self.lengths[s] for s in slots) + 1
-        if _bucket(top) > self._capacity():
-            self._grow(len(self.lengths), _bucket(top))
+        b, cache = len(slots), self.cache
+        cache.fit(max(cache.lengths[s] for s in slots) + 1)
         tables = self._tables(names)
-        positions = torch.tensor([self.lengths[s] for s in slots])
+        positions = torch.tensor([cache.lengths[s] for s in slots])
         h = self.embed[torch.tensor(tokens)]  # (B, C)
-        cos, sin = self._rope(positions)
+        cos, sin = self.rope.tables(positions)
         slot_ids = torch.tensor(slots)
         lengths = positions + 1  # each row's keys, its new one included
         hd, nq, nkv = self.head_dim, self.heads, self.kv_heads
         for i, block in enumerate(self.blocks):
             qkv = self._project(block.qkv, self._rms(h, block.norm1, block.qkv.slot(b)), tables[i].get("qkv"))
             # RoPE on q and k in place, and each row's key and value into its slot at its position.
-            kernel.rope_cache(qkv, nq, nkv, cos, sin, positions, slot_ids, self.keys[i], self.values[i])
+            kernel.rope_cache(qkv, nq, nkv, cos, sin, positions, slot_ids, cache.keys[i], cache.values[i])
             # Each row attends over exactly its own slot's keys, on its own (kernel.decode_attention).
-            out = kernel.decode_attention(qkv[:, : nq * hd], self.keys[i], self.values[i], slot_ids, lengths, nkv)
+            out = kernel.decode_attention(qkv[:, : nq * hd], cache.keys[i], cache.values[i], slot_ids, lengths, nkv)
             h = self._block_rest(block, tables[i], h, out)
         for s in slots:
-            self.lengths[s] += 1
+            cache.lengths[s] += 1
         return self.head(self._rms(h, self.norm))
-
-    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (cos, signed sin) tables, (positions, D) bf16, grown in blocks of ROPE_BLOCK to cover `positions`;
-        signed sin has its first half negated, as kernel.rope_cache takes it.
-
-        The model's rotary embedding computes these in fp32 on every call. On SmolLM2 in fresh processes, a
-        process's first lean forward now and then (3 to 4 of 10 processes) got a cos table from fp32 that
-        differed in one bf16 step from a second forward's built later in the same process; what in the process's
-        state made fp32 cos differ was not found (not MKL's reproducibility mode, not flush-to-zero; in a loop
-        the same call is always the same). Computed in float64 and rounded to bf16, 20 of 20 processes agreed
-        (tests/serve/test_lean_smollm2.py). A block's values do not depend on how many blocks the table has, so a
-        position's cos and sin never change while a forward lives. Within an ulp of the model's own values."""
-        top = int(positions.max()) + 1
-        if top > self._cos.shape[0]:
-            inv_freq = self.rotary.inv_freq.double()
-            scale = float(getattr(self.rotary, "attention_scaling", 1.0))
-            cos, sin = [self._cos], [self._sin]
-            for start in range(self._cos.shape[0], _padded(max(top, 2 * self._cos.shape[0]), ROPE_BLOCK), ROPE_BLOCK):
-                freqs = torch.arange(start, start + ROPE_BLOCK).double()[:, None] * inv_freq[None, :]
-                emb = torch.cat((freqs, freqs), dim=-1)
-                cos.append((emb.cos() * scale).to(torch.bfloat16))
-                sin.append(_signed((emb.sin() * scale).to(torch.bfloat16)))
-            self._cos, self._sin = torch.cat(cos), torch.cat(sin)
-        return self._cos, self._sin
 
     def _block_rest(self, block: Block, table: dict, h: torch.Tensor, attn: torch.Tensor,
                     spans: Spans | None = None) -> torch.Tensor:
@@ -448,19 +387,3 @@ def _trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def _bucket(keys: int) -> int:
-    return -(-keys // BUCKET) * BUCKET
-
-
-def _padded(rows: int, multiple: int = ROWS) -> int:
-    """Rows rounded up to a multiple of `multiple` (zero rows fill the rest)."""
-    return -(-rows // multiple) * multiple
-
-
-def _signed(sin: torch.Tensor) -> torch.Tensor:
-    """sin with its first half negated: rotate_half(x)·sin is then roll(x, D/2)·signed_sin, as (-a)·b = a·(-b)
-    exactly (kernel.rope_cache)."""
-    half = sin.shape[-1] // 2
-    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
