@@ -69,15 +69,17 @@ def test_targets_of_one_adapter_with_different_scalings_get_each_their_own():
 
 
 def test_every_row_is_bit_identical_alone_and_in_any_batch():
-    """48 rows (more than one product takes), three adapter choices of different ranks, prompts of 1 to 80
-    tokens (two attention widths, several of one length, which attend in one batched call) prefilled alone and
-    packed together, rows in another order than their cache slots, slots reused."""
+    """51 rows (more than one product takes), three adapter choices of different ranks, prompts of 1 to 80
+    tokens (up to llama.SHORT_PROMPT through the decode-attention kernel, longer ones through sdpa, three of one
+    long length attending in one batched call; two attention widths) prefilled alone and packed together, rows in
+    another order than their cache slots, slots reused."""
     model = adapted_model()
     lean = LeanLlama(model)
     rng = random.Random(0)
     jobs = [([rng.randrange(5, 260) for _ in range(rng.randrange(1, 30 if i % 5 else 80))], (None, "a", "b")[i % 3])
             for i in range(40)]
     jobs += [([rng.randrange(5, 260) for _ in range(12)], (None, "a", "b")[i % 3]) for i in range(8)]  # one length
+    jobs += [([rng.randrange(5, 260) for _ in range(70)], (None, "a", "b")[i % 3]) for i in range(3)]  # long
     steps = 5
 
     def alone(prompt: list[int], adapter: str | None) -> list[torch.Tensor]:
@@ -89,6 +91,11 @@ def test_every_row_is_bit_identical_alone_and_in_any_batch():
         return out
 
     expected = [alone(*job) for job in jobs]
+    longs = [i for i, (prompt, _) in enumerate(jobs) if len(prompt) == 70]  # one sdpa call for the three
+    together, logits = lean.prefill([jobs[i][0] for i in longs], [jobs[i][1] for i in longs])
+    assert all(torch.equal(logits[k], expected[i][0]) for k, i in enumerate(longs))
+    for slot in together:
+        lean.release(slot)
     slots, got = [], []
     order = list(range(len(jobs)))
     rng.shuffle(order)

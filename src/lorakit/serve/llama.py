@@ -58,6 +58,7 @@ from lorakit.serve.kv import SlotCache
 from lorakit.serve.packed import PREFILL_MAX, PREFILL_ROWS, ROWS, Packed, rows_are_exact
 from lorakit.serve.rope import RopeTable
 
+SHORT_PROMPT = 64  # prompts up to this long attend in the decode kernel when prefilled, longer ones through sdpa
 ATTN = ("q_proj", "k_proj", "v_proj")
 MLP = ("gate_proj", "up_proj")
 PRODUCTS = {"qkv": ATTN, "o": ("o_proj",), "gate_up": MLP, "down": ("down_proj",)}
@@ -258,7 +259,7 @@ class LeanLlama:
 
         Each prompt's result is the same as when it is prefilled alone: its rows go through products of row counts
         proven equivalent (Packed.sizes), its LoRA products see only its own tokens, and its causal attention only
-        its own keys (in one call with the other prompts of its length)."""
+        its own keys."""
         sizes = [len(p) for p in prompts]
         cache = self.cache
         slots = [cache.take(n) for n in sizes]
@@ -271,15 +272,23 @@ class LeanLlama:
         cos, sin = self.rope.tables(positions)
         hd, nq, nkv = self.head_dim, self.heads, self.kv_heads
         token_slots = torch.tensor(slots).repeat_interleave(torch.tensor(sizes))  # each token's cache slot
-        # Prompts of one length attend in one call, batched (sdpa's rows do not depend on the batch: each prompt's
-        # heads are separate work items; checked alone against packed in tests/serve/test_lean_llama.py).
+        # Attention, by each prompt's own length (so a prompt takes the same path alone or packed): prompts of up to
+        # SHORT_PROMPT tokens in one decode_attention call per layer, each token over its prompt's keys up to its
+        # own, just written to the cache (each row on its own); longer ones through sdpa, those of one length
+        # batched (sdpa's rows do not depend on the batch: each prompt's heads are separate work items). Checked
+        # alone against packed in tests/serve/test_lean_llama.py.
+        def rows_of(members: list[int]) -> torch.Tensor | None:
+            return None if len(members) == len(sizes) else torch.cat([torch.arange(*spans.of[j]) for j in members])
+
+        short_members = [j for j, n in enumerate(sizes) if n <= SHORT_PROMPT]
+        short = rows_of(short_members) if short_members else None  # their tokens (None: every token)
+        short_slots = token_slots if short is None else token_slots[short]
+        short_keys = (positions if short is None else positions[short]) + 1  # each token's keys, its own included
         by_length: dict[int, list[int]] = {}
         for j, n in enumerate(sizes):
-            by_length.setdefault(n, []).append(j)
-        groups = []
-        for n, members in by_length.items():
-            tokens = None if len(members) == len(sizes) else torch.cat([torch.arange(*spans.of[j]) for j in members])
-            groups.append((n, len(members), tokens))
+            if n > SHORT_PROMPT:
+                by_length.setdefault(n, []).append(j)
+        groups = [(n, len(members), rows_of(members)) for n, members in by_length.items()]
         for i, block in enumerate(self.blocks):
             qkv = self._project(block.qkv, self._rms(h, block.norm1, block.qkv.slot(total, PREFILL_ROWS)),
                                 tables[i].get("qkv"), spans)
@@ -287,6 +296,14 @@ class LeanLlama:
             qk = qkv[:, : (nq + nkv) * hd].view(total, nq + nkv, hd)  # q and k rotated in place
             v = qkv[:, (nq + nkv) * hd :].view(total, nkv, hd)
             out = None
+            if short_members:
+                q = qkv[:, : nq * hd] if short is None else qkv.index_select(0, short)[:, : nq * hd]
+                got = kernel.decode_attention(q, cache.keys[i], cache.values[i], short_slots, short_keys, nkv)
+                if short is None:
+                    out = got
+                else:
+                    out = h.new_empty(total, nq * hd)
+                    out.index_copy_(0, short, got)
             for n, count, tokens in groups:
                 q_g, v_g = (qk, v) if tokens is None else (qk.index_select(0, tokens), v.index_select(0, tokens))
                 q_g = q_g.view(count, n, nq + nkv, hd).transpose(1, 2)  # (prompts, H+KV, T, D)
