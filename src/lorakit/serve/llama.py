@@ -33,8 +33,10 @@ through gives bit-identical results whatever else is in the batch (each checked 
   and value into its cache slot in one call per layer (lk_rope_cache, transformers' bf16 RoPE bit for bit)
   instead of four ops and two index_put_: 0.946 at 8 rows, 0.953 at 32, the same tokens;
 - prompts joining together are prefilled packed into one batch, each through products of proven row counts (64
-  to 192 here), its own LoRA (each token with its request's adapter) and its own causal attention (batched with
-  the prompts of its length), so a prompt's first token never depends on the batch either.
+  to 192 here), its own LoRA (each token with its request's adapter) and its own causal attention (prompts of up
+  to SHORT_PROMPT tokens in the decode-attention kernel, each token over its prompt's cached keys: 0.81-0.86x the
+  prefill of sdpa per prompt length; longer prompts through sdpa, batched with the prompts of their length), so a
+  prompt's first token never depends on the batch either.
 
 Supports LlamaForCausalLM without attention or MLP biases (SmolLM2, TinyLlama, Llama 2/3) and LoRA on its seven
 projections. Adapters must not touch other modules (embeddings, the head, modules_to_save) or use DoRA.
