@@ -41,6 +41,9 @@ def builds(rev: str, tmp: Path) -> dict:
     kernel.SOURCE = tmp / "kernels.c"
     try:
         other = kernel._load()[0]
+    except AttributeError as e:  # kernel._load binds every function this checkout's kernel.py calls
+        raise SystemExit(f"{rev}'s kernels.c lacks a function this checkout calls ({e}); compare with a revision "
+                         f"that has the same kernels") from e
     finally:
         kernel.SOURCE = here
     if this is None or other is None:
