@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
+#define LK_DPBF16 1  /* the attention's q·k with VDPBF16PS (dot_bf16) */
 #include <immintrin.h>
 #endif
 
@@ -269,8 +270,8 @@ static inline float exp_neg(float x) {
  * rows x 60 keys, as it skips widening each key to fp32 first. Elsewhere the widened q (qf) against each key
  * widened 16 lanes at a time. */
 static inline float dot_bf16(const uint16_t *q, const float *qf, const uint16_t *kt, int64_t hd) {
-#if defined(__AVX512BF16__) && defined(__AVX512BW__)
-    (void)qf;
+#ifdef LK_DPBF16
+    (void)qf;  /* not filled here: the caller widens q only for the other path */
     __m512 lanes = _mm512_setzero_ps();
     int64_t d = 0;
     for (; d + 32 <= hd; d += 32)
@@ -316,7 +317,9 @@ int lk_decode_attention(const uint16_t *q, int64_t ldq, const uint16_t *keys, co
                 failed = 1;
                 continue;
             }
+#ifndef LK_DPBF16
             for (int64_t d = 0; d < hd; ++d) qf[d] = bf16_to_float(qh[d]);
+#endif
             float top = -INFINITY;
             for (int64_t t = 0; t < count; ++t) {
                 const float dot = dot_bf16(qh, qf, k + t * hd, hd);
@@ -369,7 +372,7 @@ static inline int any(lk_vi m) {
 }
 #define ID(x) (x)
 #define ARGMAX_ROW(LOADV, LOAD1)                                                                                 \
-    lk_vf m0 = load_f32(minus_inf), m1 = m0;                                                                     \
+    lk_vf m0 = -INFINITY - (lk_vf){0}, m1 = m0;                                                                  \
     int64_t j = 0;                                                                                               \
     for (; j + 2 * VW <= v; j += 2 * VW) m0 = vmax(LOADV(row + j), m0), m1 = vmax(LOADV(row + j + VW), m1);     \
     m0 = vmax(m1, m0);                                                                                           \
@@ -395,8 +398,6 @@ static inline int any(lk_vi m) {
     out[i] = at;
 
 void lk_argmax(const void *x, int64_t ld, int64_t n, int64_t v, int is_bf16, int64_t *out, int threads) {
-    static const float minus_inf[VW] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY,
-                                        -INFINITY, -INFINITY, -INFINITY, -INFINITY};
     #pragma omp parallel for schedule(static) num_threads(threads) if (n > 1)
     for (int64_t i = 0; i < n; ++i) {
         if (is_bf16) {
