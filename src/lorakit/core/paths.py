@@ -1,4 +1,4 @@
-"""Where lorakit keeps what it builds once per machine (converted models, the compiled merge kernel)."""
+"""Where lorakit keeps what it builds once per machine (converted models, the compiled C kernels)."""
 
 import os
 from pathlib import Path
