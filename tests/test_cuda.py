@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent / "train"))
 import serve_support  # noqa: E402
 import tinytrain  # noqa: E402
 from tiny import randomize, tiny_bert, tiny_gpt2, tiny_llama  # noqa: E402
+from tinytrain import jsonl_data, model_dir  # noqa: E402, F401  (pytest fixtures, used by name)
 
 import lorakit  # noqa: E402
 from lorakit import LoraConfig  # noqa: E402
@@ -167,29 +168,10 @@ def run_cli(module, argv: list[str]) -> int:
     return module.run(parser.parse_args(argv))
 
 
-@pytest.fixture
-def model_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / "tiny-llama"
-    tinytrain.tiny_llama().save_pretrained(directory)
-    tinytrain.tiny_tokenizer().save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture
-def jsonl_data(tmp_path: Path) -> tuple[Path, Path]:
-    paths = []
-    for name, n, seed in (("train.jsonl", 64, 0), ("dev.jsonl", 8, 1)):
-        path = tmp_path / name
-        path.write_text("".join(json.dumps({"prompt": p.prompt, "completion": p.completion}) + "\n"
-                                for p in tinytrain.tiny_pairs(n, seed)))
-        paths.append(path)
-    return paths[0], paths[1]
-
-
 @pytest.mark.parametrize("method,precision", [("lora", "auto"), ("lora", "fp32"), ("full", "auto"),
                                               ("prompt-tuning", "auto"), ("adapter-h", "auto"),
                                               ("prefix-layer", "auto"), ("dora", "auto")])
-def test_lorakit_train_and_eval_run_on_the_gpu(tmp_path, model_dir, jsonl_data, method, precision):
+def test_lorakit_train_and_eval_run_on_the_gpu(tmp_path, model_dir, jsonl_data, method, precision):  # noqa: F811
     from lorakit.cli import eval as eval_cli
     from lorakit.cli import train as train_cli
 
