@@ -127,3 +127,14 @@ def test_bitfit_on_a_bias_free_model_is_refused_before_training(setup, tmp_path)
 def test_a_budget_too_small_to_evaluate_is_refused_up_front(setup, tmp_path):
     with pytest.raises(ConfigError, match="fewer than two dev evaluations"):
         run(setup, tmp_path, "--methods", "lora", "--eval-every", "3")
+
+
+def test_a_cpu_run_on_a_machine_with_a_gpu_reports_the_cpu_estimate_and_leaves_cuda_alone(setup, tmp_path,
+                                                                                           monkeypatch):
+    # As on a GPU machine told --device cpu: no CUDA counter may be reset or read (it would describe another
+    # device; on this CPU-only torch, touching CUDA raises).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    out = tmp_path / "out"
+    assert run(setup, out, "--methods", "lora", "--no-latency", "--device", "cpu") == 0
+    cost = json.loads((out / "runs" / "lora" / "seed0" / "result.json").read_text())["cost"]
+    assert cost["peak_memory_kind"] == "estimate" and cost["peak_memory_mb"] > 0

@@ -23,6 +23,7 @@ from lorakit.core.config import LoraConfig
 from lorakit.core.errors import ConfigError
 from lorakit.core.io import atomic_write
 from lorakit.methods import ALL, trainable_count
+from lorakit.models import resolve_device
 from lorakit.train import checkpoint, tasks
 from lorakit.train.config import OPTION_USERS, DataConfig, MethodOptions, RunConfig, TrainConfig
 
@@ -120,8 +121,9 @@ def run_one(config: CompareConfig, prepared: Prepared, base: nn.Module, tokenize
     resume = bool(checkpoint.checkpoints(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     timeline = Timeline(run_dir / TIMELINE_FILE, resume)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
+    device = resolve_device(rc.train.device)  # where fit trains; its peak is read there, not on another device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     evaluate = tasks.metric_hook(data_config(config), prepared.dev, prepared.pad_id) or _bleu_curve_hook(
         config, tokenizer, prepared.dev_records)
     result = fit(model, prepared.train, rc.train, prepared.dev, run_dir, pad_id=prepared.pad_id, export=export,
@@ -142,8 +144,8 @@ def run_one(config: CompareConfig, prepared: Prepared, base: nn.Module, tokenize
             "step_seconds": statistics.median(r["step_seconds"] for r in steps),
             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steps),
             "train_seconds": steps[-1]["train_seconds"],
-            "peak_memory_mb": _peak_memory_mb(model, trainable),
-            "peak_memory_kind": "cuda max allocated" if torch.cuda.is_available() else "estimate",
+            "peak_memory_mb": _peak_memory_mb(model, trainable, device),
+            "peak_memory_kind": "cuda max allocated" if device.type == "cuda" else "estimate",
             "checkpoint_mb": _size_mb(run_dir / "final" / export.name),
         },
     }
@@ -216,11 +218,11 @@ def _generation_metrics(config: CompareConfig, model: nn.Module, tokenizer: Any,
     return {k: v for k, v in metrics.items() if v is not None}
 
 
-def _peak_memory_mb(model: nn.Module, trainable: int) -> float:
-    """CUDA's peak allocation, or on CPU the weights plus gradients and AdamW's two moments of what trains
-    (activations excluded: the CPU allocator keeps no peak counter)."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
+def _peak_memory_mb(model: nn.Module, trainable: int, device: torch.device) -> float:
+    """CUDA's peak allocation on the training device, or on CPU the weights plus gradients and AdamW's two moments
+    of what trains (activations excluded: the CPU allocator keeps no peak counter)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     return (weights + 3 * 4 * trainable) / 2**20
 
