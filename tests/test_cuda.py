@@ -191,6 +191,25 @@ def test_lorakit_train_and_eval_run_on_the_gpu(tmp_path, model_dir, jsonl_data, 
     assert json.loads((out / "metrics.json").read_text())["count"] == 8
 
 
+def test_eval_in_bf16_and_generate_run_on_the_gpu(tmp_path, model_dir, jsonl_data, capsys):  # noqa: F811
+    from lorakit.cli import eval as eval_cli
+    from lorakit.cli import generate as generate_cli
+    from lorakit.cli import train as train_cli
+
+    run = tmp_path / "run"
+    assert run_cli(train_cli, ["--model.name", str(model_dir), "--data.task", "jsonl", "--data.train",
+                               str(jsonl_data[0]), "--data.dev", str(jsonl_data[1]), "--data.max_length", "32",
+                               "--train.steps", "2", "--device", "cuda", "--run_dir", str(run), "--no-progress"]) == 0
+    out = tmp_path / "eval"
+    assert run_cli(eval_cli, ["--run", str(run), "--task", "jsonl", "--max-new-tokens", "3", "--device", "cuda",
+                              "--precision", "bf16", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["count"] == 8
+    capsys.readouterr()
+    assert run_cli(generate_cli, ["--run", str(run), "--prompt", "the fox ->", "--prompt", "a pub ->",
+                                  "--max-new-tokens", "3", "--beams", "2", "--device", "cuda"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
 class SimulatedKill(Exception):
     pass
 

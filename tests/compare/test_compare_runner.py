@@ -138,3 +138,13 @@ def test_a_cpu_run_on_a_machine_with_a_gpu_reports_the_cpu_estimate_and_leaves_c
     assert run(setup, out, "--methods", "lora", "--no-latency", "--device", "cpu") == 0
     cost = json.loads((out / "runs" / "lora" / "seed0" / "result.json").read_text())["cost"]
     assert cost["peak_memory_kind"] == "estimate" and cost["peak_memory_mb"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_run_reports_cuda_peak_memory_and_gpu_latency(setup, tmp_path):
+    out = tmp_path / "out"
+    assert run(setup, out, "--methods", "lora", "--device", "cuda") == 0
+    results = json.loads((out / "results.json").read_text())
+    cost = results["runs"][0]["cost"]
+    assert cost["peak_memory_kind"] == "cuda max allocated" and cost["peak_memory_mb"] > 0
+    assert all(s > 0 for s in results["latency"][0]["seconds"].values())
