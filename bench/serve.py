@@ -317,27 +317,35 @@ def bench_server(args, dirs: list[Path], texts: list[str], tok, pefts: dict) -> 
 # ---- the engine alone: resident adapter count and rank padding ----
 
 @contextmanager
-def running_engine(model, tok, dirs: list[Path], texts: list[str], rows: int, used: int, new: int):
-    """An engine with every adapter in `dirs` resident and `rows` greedy requests of `new` tokens spread over the
-    first `used` adapters, admitted and prefilled; the adapters are removed and the model unwrapped afterwards."""
+def pooled_engine(model, tok, dirs: list[Path]):
+    """An engine over `model` with every adapter in `dirs` resident as a0, a1, ...; the adapters are removed and
+    the model unwrapped afterwards."""
     from lorakit.serve.engine import Engine
     from lorakit.serve.pool import AdapterPool
-    from lorakit.serve.sampling import SamplingParams
 
     pool = AdapterPool(model)
-    for i, d in enumerate(dirs):
-        pool.add(f"a{i}", d, trusted=True)
-    engine = Engine(model, tok, pool)
-    params = SamplingParams(max_tokens=new, temperature=0, ignore_eos=True)
-    for i, text in enumerate(texts[:rows]):
-        engine.submit(tok.encode(text), f"a{i % used}", params, lambda e: None)
-    engine.step()  # admission and prefill
     try:
-        yield engine
+        for i, d in enumerate(dirs):
+            pool.add(f"a{i}", d, trusted=True)
+        yield Engine(model, tok, pool)
     finally:
         for name in pool.names():
             pool.remove(name)
         lorakit.unwrap(model)
+
+
+@contextmanager
+def running_engine(model, tok, dirs: list[Path], texts: list[str], rows: int, used: int, new: int):
+    """pooled_engine with `rows` greedy requests of `new` tokens spread over the first `used` adapters, admitted
+    and prefilled."""
+    from lorakit.serve.sampling import SamplingParams
+
+    with pooled_engine(model, tok, dirs) as engine:
+        params = SamplingParams(max_tokens=new, temperature=0, ignore_eos=True)
+        for i, text in enumerate(texts[:rows]):
+            engine.submit(tok.encode(text), f"a{i % used}", params, lambda e: None)
+        engine.step()  # admission and prefill
+        yield engine
 
 
 def timed_steps(engine, steps: int | None = None) -> list[float]:
@@ -382,34 +390,30 @@ def bench_engine(model, tok, dirs: list[Path], rank64: list[Path], texts: list[s
 def engine_vs_peft(model, peft_model, tok, dirs: list[Path], texts: list[str], new: int, rounds: int) -> dict:
     """Tokens/s of the engine alone (N greedy requests over the adapters submitted together, prefill included,
     drained) against PEFT's generate(adapter_names=...) over the same N prompts, interleaved round by round."""
-    from lorakit.serve.engine import Engine
-    from lorakit.serve.pool import AdapterPool
     from lorakit.serve.sampling import SamplingParams
 
-    pool = AdapterPool(model)
-    for i, d in enumerate(dirs):
-        pool.add(f"a{i}", d, trusted=True)
-    engine = Engine(model, tok, pool)
-    device = engine.device
     params = SamplingParams(max_tokens=new, temperature=0, ignore_eos=True)
+    with pooled_engine(model, tok, dirs) as engine:
+        device = engine.device
 
-    def ours(n: int) -> float:
-        sync(device)
-        t = time.perf_counter()
-        for i, text in enumerate(texts[:n]):
-            engine.submit(tok.encode(text), f"a{i % len(dirs)}", params, lambda e: None)
-        engine.run_until_idle()
-        sync(device)
-        return round(n * new / (time.perf_counter() - t), 1)
+        def ours(n: int) -> float:
+            sync(device)
+            t = time.perf_counter()
+            for i, text in enumerate(texts[:n]):
+                engine.submit(tok.encode(text), f"a{i % len(dirs)}", params, lambda e: None)
+            engine.run_until_idle()
+            sync(device)
+            return round(n * new / (time.perf_counter() - t), 1)
 
-    ours(8), peft_mixed(peft_model, tok, texts, 8, new)  # warm-up
-    runs = {n: {"lorakit": [], "peft": []} for n in (8, 32)}
-    for r in range(rounds):
-        for n in (8, 32):
-            pair = [("lorakit", lambda n=n: ours(n)), ("peft", lambda n=n: peft_mixed(peft_model, tok, texts, n, new))]
-            for side, fn in pair if r % 2 == 0 else pair[::-1]:
-                runs[n][side].append(fn())
-    out = {"device": str(device), "forward": "lean bf16" if engine.lean is not None else "transformers"}
+        ours(8), peft_mixed(peft_model, tok, texts, 8, new)  # warm-up
+        runs = {n: {"lorakit": [], "peft": []} for n in (8, 32)}
+        for r in range(rounds):
+            for n in (8, 32):
+                pair = [("lorakit", lambda n=n: ours(n)),
+                        ("peft", lambda n=n: peft_mixed(peft_model, tok, texts, n, new))]
+                for side, fn in pair if r % 2 == 0 else pair[::-1]:
+                    runs[n][side].append(fn())
+        out = {"device": str(device), "forward": "lean bf16" if engine.lean is not None else "transformers"}
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
     for n, v in runs.items():
@@ -418,9 +422,6 @@ def engine_vs_peft(model, peft_model, tok, dirs: list[Path], texts: list[str], n
                         "speedup": round(statistics.median(a / b for a, b in zip(v["lorakit"], v["peft"],
                                                                                    strict=True)), 2),
                         "rounds": v}
-    for name in pool.names():
-        pool.remove(name)
-    lorakit.unwrap(model)
     return out
 
 
