@@ -7,7 +7,7 @@ Matrix products on the GPU may round differently from the CPU's, so CPU-vs-GPU c
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent / "serve"))
 sys.path.insert(0, str(Path(__file__).parent / "train"))
 
 import serve_support  # noqa: E402
-import tinytrain  # noqa: E402
+from test_cli_train import run_cli  # noqa: E402
 from tiny import randomize, tiny_bert, tiny_gpt2, tiny_llama  # noqa: E402
 from tinytrain import jsonl_data, model_dir  # noqa: E402, F401  (pytest fixtures, used by name)
 
@@ -162,12 +162,6 @@ def test_a_weighted_combination_on_the_gpu_has_the_weighted_sum_of_delta_w():
             assert (got - want).abs().max() <= 1e-5, path
 
 
-def run_cli(module, argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    module.add_parser(parser)
-    return module.run(parser.parse_args(argv))
-
-
 @pytest.mark.parametrize("method,precision", [("lora", "auto"), ("lora", "fp32"), ("full", "auto"),
                                               ("prompt-tuning", "auto"), ("adapter-h", "auto"),
                                               ("prefix-layer", "auto"), ("dora", "auto")])
@@ -210,43 +204,29 @@ def test_eval_in_bf16_and_generate_run_on_the_gpu(tmp_path, model_dir, jsonl_dat
     assert len(capsys.readouterr().out.splitlines()) == 2
 
 
-class SimulatedKill(Exception):
-    pass
-
-
 def test_a_killed_gpu_run_resumes_with_the_same_losses_on_the_gpu_and_on_the_cpu(tmp_path):
-    """On the GPU the resumed run repeats the uninterrupted one's losses to fp32 noise, dropout included (each step's
-    draws are seeded from the step). On the CPU, whose random generator draws other dropout masks from the same
-    seed, they agree without dropout; with it, the run resumes and finishes with finite losses."""
-    import dataclasses
+    """tests/train/test_loop.py's resume check with the run on the GPU. On the GPU the resumed run repeats the
+    uninterrupted one's losses to fp32 noise, dropout included (each step's draws are seeded from the step). On
+    the CPU, whose random generator draws other dropout masks from the same seed, they agree without dropout;
+    with it, the run resumes and finishes with finite losses."""
+    from test_loop import CONFIG, PAD, SimulatedKill, examples, lora_model, train_losses
 
-    from lorakit.data import tokenize_pairs
-    from lorakit.train import TrainConfig, fit
+    from lorakit.train import fit
 
-    train = tokenize_pairs(tinytrain.tiny_pairs(40), tinytrain.tiny_tokenizer(), 32)
-    dev = tokenize_pairs(tinytrain.tiny_pairs(8, 1), tinytrain.tiny_tokenizer(), 32)
-    config = TrainConfig(steps=12, batch_size=8, grad_accum=2, lr=5e-3, warmup_steps=3, label_smoothing=0.1,
-                         device="cuda", precision="fp32", save_every=3, eval_every=4, seed=7)
-
-    def lora_model(dropout: float):
-        model = tinytrain.tiny_llama()
-        torch.manual_seed(1)
-        return lorakit.inject(model, LoraConfig(rank=4, alpha=8, dropout=dropout, targets=("q_proj", "v_proj")))
-
-    def losses(result):
-        return {r["step"]: r["loss"] for r in result.records if r["split"] == "train"}
+    train, dev = examples(40), examples(8, 1)
+    config = dataclasses.replace(CONFIG, device="cuda")
 
     def kill_at_step_8(record):
         if record["split"] == "train" and record["step"] == 8:
             raise SimulatedKill
 
     for case, (dropout, where, tolerance) in enumerate(((0.1, "cuda", SAME), (0.0, "cpu", CROSS), (0.1, "cpu", None))):
-        whole = losses(fit(lora_model(dropout), train, config, dev, None, pad_id=3, progress=False))
+        whole = train_losses(fit(lora_model(dropout), train, config, dev, None, pad_id=PAD, progress=False).records)
         run = tmp_path / f"killed-{case}"
         with pytest.raises(SimulatedKill):
-            fit(lora_model(dropout), train, config, dev, run, pad_id=3, progress=False, on_log=kill_at_step_8)
-        got = losses(fit(lora_model(dropout), train, dataclasses.replace(config, device=where), dev, run, pad_id=3,
-                         progress=False, resume=True, export=None))
+            fit(lora_model(dropout), train, config, dev, run, pad_id=PAD, progress=False, on_log=kill_at_step_8)
+        got = train_losses(fit(lora_model(dropout), train, dataclasses.replace(config, device=where), dev, run,
+                               pad_id=PAD, progress=False, resume=True, export=None).records)
         assert sorted(got) == list(range(1, 13))
         assert all(math.isfinite(loss) for loss in got.values())
         for step in range(7, 13) if tolerance is not None else ():
