@@ -63,8 +63,8 @@ _loaded: tuple[ctypes.CDLL | None, str] | None = None  # (library or None, why n
 
 def status() -> str:
     """How merges run here: 'fused kernel' or 'addmm_ (<why the kernels are not used>)'."""
-    lib, why = _library()
-    return "fused kernel" if lib is not None else f"addmm_ ({why})"
+    why = unavailable()
+    return "fused kernel" if why is None else f"addmm_ ({why})"
 
 
 def unavailable() -> str | None:
