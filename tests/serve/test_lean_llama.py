@@ -116,9 +116,9 @@ def test_every_row_is_bit_identical_alone_and_in_any_batch():
 
 def test_every_base_product_takes_a_row_count_proven_to_give_the_same_bits(monkeypatch):
     """The mechanism behind the invariance above: oneDNN picks its kernel by row count, so every decode product
-    takes exactly ROWS rows and every prefill product PREFILL_ROWS, zero-padded, except where rows_are_exact
-    proved other counts equivalent for that shape on this machine (Packed.sizes): then decode products take the
-    rows there are (at most ROWS) and prefill products up to PREFILL_MAX in steps of 16."""
+    takes ROWS rows and every prefill product PREFILL_ROWS, zero-padded, except where exact_counts proved other
+    counts equivalent for that shape on this machine (Packed.sizes): then decode products take the rows there are
+    (at most ROWS) where they can and prefill products up to PREFILL_MAX in steps of 16."""
     model = adapted_model()
     lean = LeanLlama(model)
     seen: list[tuple[str, llama.Packed, int]] = []
@@ -148,7 +148,7 @@ def test_every_base_product_takes_a_row_count_proven_to_give_the_same_bits(monke
 
 
 def test_the_row_count_probe_rejects_a_kernel_that_sums_in_another_order_for_few_rows(monkeypatch):
-    """rows_are_exact must catch a kernel whose rows change with the row count, even one that differs from the
+    """exact_counts must catch a kernel whose rows change with the row count, even one that differs from the
     ROWS-row kernel only in fp32 rounding and only for a single row: here a one-row product accumulated in fp64."""
     product = llama.Packed.product
     original = llama.Packed.__init__
@@ -162,13 +162,14 @@ def test_the_row_count_probe_rejects_a_kernel_that_sums_in_another_order_for_few
             return (x.double() @ self.weight_plain.double().t()).to(torch.bfloat16)
         return product(self, x)
 
-    llama.rows_are_exact.cache_clear()
+    llama.exact_counts.cache_clear()
     monkeypatch.setattr(llama.Packed, "__init__", init)
     monkeypatch.setattr(llama.Packed, "product", by_count)
     try:
-        assert not llama.rows_are_exact(512, 64, torch.get_num_threads(), llama.ROWS, tuple(range(1, llama.ROWS)))
+        counts = llama.exact_counts(512, 64, torch.get_num_threads(), llama.ROWS, tuple(range(1, llama.ROWS)))
+        assert 1 not in counts
     finally:
-        llama.rows_are_exact.cache_clear()
+        llama.exact_counts.cache_clear()
 
 
 def test_the_cache_grows_under_running_rows_without_changing_them():
@@ -280,3 +281,37 @@ def test_an_adapter_loaded_after_the_engine_started_is_applied(tmp_path):
         assert events[-1].finish_reason == "length", events[-1].error
         outputs[adapter] = [t for e in events for t in e.token_ids]
     assert outputs["late"] != outputs[None]
+
+
+def test_an_adapter_reloaded_under_its_key_is_served_with_its_new_factors(tmp_path):
+    """The lean forward keeps each adapter's factors by key, and the pool reloads an evicted adapter under the same
+    key from a file that may have changed since: the reload's factors must be the ones used, as by a new forward."""
+    config = lorakit.LoraConfig(rank=4, targets=("q_proj", "v_proj", "up_proj"))
+    first, second = save_adapter(tmp_path / "one", config, seed=1), save_adapter(tmp_path / "two", config, seed=2)
+    model = tiny_model().to(torch.bfloat16)
+    lorakit.load_adapter(model, first, name="k")
+    lean = LeanLlama(model)
+
+    def first_logits(forward: LeanLlama) -> torch.Tensor:
+        (slot,), logits = forward.prefill([[5, 9, 17]], ["k"])
+        forward.release(slot)
+        return logits[0]
+
+    old = first_logits(lean)
+    lorakit.delete_adapter(model, "k")
+    lorakit.load_adapter(model, second, name="k")
+    lean.check("k")  # admission looks the adapter up before the batch does
+    assert torch.equal(first_logits(lean), first_logits(LeanLlama(model)))
+    assert not torch.equal(first_logits(lean), old)
+
+
+def test_the_lean_forward_keeps_the_factors_of_a_bounded_number_of_adapters(tmp_path):
+    config = lorakit.LoraConfig(rank=2, targets=("q_proj",))
+    model = tiny_model().to(torch.bfloat16)
+    lean = LeanLlama(model)
+    for i in range(llama.PIECES_KEPT + 6):
+        lorakit.load_adapter(model, save_adapter(tmp_path / f"a{i}", config, seed=i), name=f"a{i}")
+        slots, _ = lean.prefill([[5, 6]] * 2, [f"a{i}", f"a{i // 2}"])
+        for slot in slots:
+            lean.release(slot)
+    assert len(lean._pieces) <= llama.PIECES_KEPT + 2

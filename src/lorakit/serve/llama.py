@@ -7,10 +7,12 @@ through gives bit-identical results whatever else is in the batch (each checked 
 - base weights are prepacked for oneDNN (packed.py; `torch.ops.mkldnn`, what torch.compile's CPU backend uses), 1.5x
   faster over SmolLM2's weights than `F.linear`, which re-lays out the weight on every call. oneDNN picks its kernel by
   the number of rows, and a row's bf16 result changes with the kernel (above 32 to 43 rows on SmolLM2's shapes,
-  above 21 on a 264x32 head; bench/lean_products.py). So a decode step's products take ROWS rows at a time, and
-  a shape whose kernel is not proven to give every row the same bits at any count below ROWS (rows_are_exact,
-  probed once per shape) is padded with zero rows to ROWS: one kernel for every row of every step. On SmolLM2
-  all five shapes pass, and 8 rows unpadded take 19.0 against 22.6 ms for the 121 products. The inputs of padded
+  above 21 on a 264x32 head; bench/lean_products.py). So a decode step's products take at most ROWS rows at a
+  time, and n rows are padded with zero rows to the smallest count (n itself where it can) proven to give every
+  row the bits a ROWS-row product gives it (packed.exact_counts, probed once per shape): every row of every step
+  meets one kernel's results. On SmolLM2 every count passes for all five shapes on an Intel host, and 8 rows
+  unpadded take 19.0 against 22.6 ms for the 121 products (on an AMD EPYC the down product's 1-row kernel
+  differs, so one row takes two there). The inputs of padded
   products are written into persistent zero-padded buffers (Packed.slot); everything between the products runs
   on the real rows only;
 - each request owns a slot of the KV cache, and in a decode step each row attends over exactly its own keys in
@@ -45,6 +47,7 @@ projections. Adapters must not touch other modules (embeddings, the head, module
 from __future__ import annotations
 
 import ctypes
+import operator
 from typing import NamedTuple
 
 import torch
@@ -57,7 +60,7 @@ from lorakit.core.inject import wrappers
 from lorakit.core.layers import MAGNITUDE, LoraLinear
 from lorakit.core.state import ATTR
 from lorakit.serve.kv import SlotCache
-from lorakit.serve.packed import PREFILL_MAX, PREFILL_ROWS, ROWS, Packed, rows_are_exact
+from lorakit.serve.packed import PREFILL_MAX, PREFILL_ROWS, ROWS, Packed, exact_counts
 from lorakit.serve.rope import RopeTable
 
 SHORT_PROMPT = 64  # prompts up to this long attend in the decode kernel when prefilled, longer ones through sdpa
@@ -82,6 +85,26 @@ class Group(NamedTuple):
     target's span, which the kernel does not read)."""
     targets: object
     """kernel.lora_targets: each adapted target's ranks and span of the output."""
+
+
+class Piece(NamedTuple):
+    """One adapter's LoRA on one layer's fused product, as Group stacks it for each adapter of the group."""
+
+    shape: tuple
+    """((target, rank), ...): its rank on each target of the product it adapts, in the product's order."""
+    a: torch.Tensor
+    """(in, Σr) bf16: those targets' Aᵀ side by side."""
+    b: torch.Tensor
+    """(Σr, width) bf16: each target's s·Bᵀ on its span of the fused output, zero elsewhere."""
+
+
+PIECES_KEPT = 32  # adapters whose pieces stay cached besides those of the current batch, least recently used out
+
+
+def _current(probe: tuple, key: str) -> bool:
+    """Whether adapter `key` is still the load its pieces were built from (probe: a module and its A then)."""
+    module, a = probe
+    return key in module.lora_A and module.lora_A[key] is a
 
 
 def unsupported(model: nn.Module) -> str | None:
@@ -160,21 +183,22 @@ class LeanLlama:
             self.norm = _weight(inner.norm).to(torch.bfloat16)
             self.blocks = [Block(layer) for layer in inner.layers]
             self.head = Packed(_weight(model.lm_head))
-            # Products go unpadded or larger where this machine's kernels allow it (rows_are_exact), per shape.
+            # Products go unpadded or larger where this machine's kernels allow it (exact_counts), per shape.
             threads = torch.get_num_threads()
-            decode, prefill = tuple(range(1, ROWS + 1)), tuple(range(PREFILL_ROWS, PREFILL_MAX + 1, 16))
+            decode, prefill = tuple(range(1, ROWS)), tuple(range(PREFILL_ROWS + 16, PREFILL_MAX + 1, 16))
             for p in [p for b in self.blocks for p in (b.qkv, b.o, b.gate_up, b.down)] + [self.head]:
-                if rows_are_exact(p.out_features, p.in_features, threads, ROWS, decode[:-1]):
-                    p.sizes[ROWS] = decode
-                if p is not self.head and rows_are_exact(p.out_features, p.in_features, threads, PREFILL_ROWS,
-                                                         prefill[1:]):
-                    p.sizes[PREFILL_ROWS] = prefill
+                p.sizes[ROWS] = (*exact_counts(p.out_features, p.in_features, threads, ROWS, decode), ROWS)
+                if p is not self.head:
+                    p.sizes[PREFILL_ROWS] = (PREFILL_ROWS, *exact_counts(p.out_features, p.in_features, threads,
+                                                                        PREFILL_ROWS, prefill))
         _trim()  # the probes' freed outputs otherwise stay in the process (~200 MB on SmolLM2)
         # Module paths whose adapters this forward applies; by path, as adapters loaded later wrap new modules.
-        self.known = {f"model.layers.{i}.{'self_attn' if t in ATTN + ('o_proj',) else 'mlp'}.{t}"
+        self.known = {f"model.layers.{i}.{'self_attn' if t in ATTN + ('o_proj',) else 'mlp'}.{t}": (i, t)
                       for i in range(len(self.blocks)) for t in TARGETS}
         self.cache = SlotCache(len(self.blocks), self.kv_heads, self.head_dim, self.context)
-        self._factors: tuple | None = None  # (key, tables): see _tables
+        self._factors: tuple | None = None  # ((adapter version, names), tables): see _tables
+        self._pieces: dict[str, tuple] = {}  # adapter key -> (probe, pieces), least recently used first: _adapter
+        self._stacks: dict[tuple, tuple] = {}  # (layer, product, shape) -> (pieces, a, b, targets): _stack
 
     # ---- slots ----
 
@@ -189,69 +213,119 @@ class LeanLlama:
 
     def check(self, key: str) -> None:
         """AdapterError if adapter `key` adapts anything the lean forward does not apply."""
-        ranks: dict[str, int] = {}  # "layer path/product" -> the adapter's summed ranks there
+        self._adapter(key)
+
+    def _adapter(self, key: str) -> list[dict[str, Piece]]:
+        """Per layer: fused product -> adapter `key`'s Piece there (absent where it adapts nothing). Built once per
+        load of the adapter and kept while it stays loaded and recently used (_tables trims the cache), so a batch
+        that changes only puts cached pieces together: rebuilding every row's factors from the modules took 11-15
+        ms per change of rows, at each request joining or leaving. AdapterError if the adapter changes anything
+        the lean forward does not apply."""
+        found = self._pieces.pop(key, None)
+        if found is not None and _current(found[0], key):
+            self._pieces[key] = found  # most recently used last
+            return found[1]
+        adapted: dict[tuple[int, str], list[tuple[str, LoraLinear]]] = {}  # (layer, product) -> its adapted targets
+        paths: dict[tuple[int, str], str] = {}  # (layer, product) -> the path of its modules' parent
+        probe = None  # (module, its A for `key`): a reload replaces every tensor, so this one tells a stale cache
         for path, module in wrappers(self.model):
-            if path in self.known:
+            where = self.known.get(path)
+            if where is not None:
                 if key in getattr(module, MAGNITUDE, {}):
                     raise AdapterError(f"adapter uses DoRA at {path}, which the bf16 lean engine does not apply; "
                                        f"serve it with --dtype float32")
                 if key in module.lora_A:
-                    layer, target = path.rsplit(".", 1)
+                    layer, target = where
                     product = next(p for p, targets in PRODUCTS.items() if target in targets)
-                    ranks[f"{layer}.{product}"] = ranks.get(f"{layer}.{product}", 0) + module.lora_A[key].shape[0]
+                    adapted.setdefault((layer, product), []).append((target, module))
+                    paths[(layer, product)] = path.rsplit(".", 1)[0]
+                    probe = probe or (module, module.lora_A[key])
                 continue
             if key in getattr(module, "lora_A", {}) or key in getattr(module, "copies", {}):
                 raise AdapterError(f"adapter changes {path}, which the bf16 lean engine does not apply (it adapts "
                                    f"only {', '.join(TARGETS)}); serve it with --dtype float32")
-        where, most = max(ranks.items(), key=lambda item: item[1], default=("", 0))
-        if most > kernel.MAX_RANK:
-            raise AdapterError(f"adapter's ranks add up to {most} in {where}, more than the bf16 lean engine's "
-                               f"{kernel.MAX_RANK} per fused product; serve it with --dtype float32")
+        pieces: list[dict[str, Piece]] = [{} for _ in self.blocks]
+        for (layer, product), modules in adapted.items():
+            order = PRODUCTS[product]
+            modules.sort(key=lambda tm: order.index(tm[0]))
+            shape = tuple((t, m.lora_A[key].shape[0]) for t, m in modules)
+            total = sum(rank for _, rank in shape)
+            if total > kernel.MAX_RANK:
+                raise AdapterError(f"adapter's ranks add up to {total} in {paths[layer, product]}.{product}, more than "
+                                   f"the bf16 lean engine's {kernel.MAX_RANK} per fused product; serve it with "
+                                   f"--dtype float32")
+            block = self.blocks[layer]
+            b = torch.zeros(total, block.widths[product])
+            r0 = 0
+            for target, m in modules:
+                lo, hi = block.spans[target]
+                rank = m.lora_A[key].shape[0]
+                b[r0 : r0 + rank, lo:hi] = m.lora_B[key].detach().float().t() * m.scaling[key]
+                r0 += rank
+            a = torch.cat([m.lora_A[key].detach().float() for _, m in modules]).t()
+            pieces[layer][product] = Piece(shape, a.to(torch.bfloat16).contiguous(), b.to(torch.bfloat16))
+        if probe is not None:  # an adapter on none of these modules has nothing to cache
+            self._pieces[key] = (probe, pieces)
+        return pieces
 
     def _tables(self, names: list[str | None]) -> list[dict[str, list[Group]]]:
         """Per layer: fused product -> the LoRA groups of the rows (see Group), rows grouped by the ranks their
-        adapter has there. Built once per choice of rows (a decode step reuses its predecessor's)."""
+        adapter has there. Built once per choice of rows (a decode step reuses its predecessor's) from each
+        adapter's cached pieces; the stacked tables of a product are reused while its set of adapters stays."""
         state = getattr(self.model, ATTR, None)
-        key = (state.version if state else -1, tuple(names))
-        if self._factors is not None and self._factors[0] == key:
+        version = state.version if state else -1
+        if self._factors is not None and self._factors[0] == (version, tuple(names)):
             return self._factors[1]
+        if self._factors is None or self._factors[0][0] != version:  # adapters loaded or deleted since
+            self._stacks.clear()
+            for key in [k for k, (probe, _) in self._pieces.items() if not _current(probe, k)]:
+                del self._pieces[key]
+        rows_of: dict[str, list[int]] = {}
+        for row, name in enumerate(names):
+            if name is not None:
+                rows_of.setdefault(name, []).append(row)
+        pieces = {key: self._adapter(key) for key in sorted(rows_of)}  # sorted: one order for one set of adapters
+        for key in list(self._pieces)[: max(0, len(self._pieces) - len(pieces) - PIECES_KEPT)]:
+            if key not in pieces:  # least recently used first
+                del self._pieces[key]
+        placed: dict[tuple[str, ...], tuple] = {}  # a group's adapters -> (its rows or None, each row's adapter)
         tables = []
-        for block in self.blocks:
+        for layer, block in enumerate(self.blocks):
             table = {}
-            for product, targets in PRODUCTS.items():
-                modules = [(t, block.module(t)) for t in targets]
-                adapted = [(t, m) for t, m in modules if isinstance(m, LoraLinear)]
-                by_shape: dict[tuple, list[int]] = {}
-                for row, name in enumerate(names):
-                    shape = tuple((t, m.lora_A[name].shape[0]) for t, m in adapted if name in m.lora_A)
-                    if name is not None and shape:
-                        by_shape.setdefault(shape, []).append(row)
-                groups = [self._group(block, dict(adapted), shape, rows, [names[r] for r in rows], len(names),
-                                      block.widths[product]) for shape, rows in by_shape.items()]
+            for product in PRODUCTS:
+                by_shape: dict[tuple, list[str]] = {}
+                for key, adapter in pieces.items():
+                    piece = adapter[layer].get(product)
+                    if piece is not None:
+                        by_shape.setdefault(piece.shape, []).append(key)
+                groups = []
+                for shape, keys in by_shape.items():
+                    group = tuple(keys)
+                    if group not in placed:
+                        rows = sorted(r for key in group for r in rows_of[key])
+                        placed[group] = (None if len(rows) == len(names) else torch.tensor(rows),
+                                         torch.tensor([group.index(names[r]) for r in rows]))
+                    stack = self._stack(block, layer, product, shape, [pieces[k][layer][product] for k in group])
+                    groups.append(Group(*placed[group], *stack))
                 if groups:
                     table[product] = groups
             tables.append(table)
-        self._factors = (key, tables)
+        self._factors = ((version, tuple(names)), tables)
         return tables
 
-    @staticmethod
-    def _group(block: Block, modules: dict[str, LoraLinear], shape: tuple, rows: list[int], names: list[str],
-               total: int, width: int) -> Group:
-        adapters = list(dict.fromkeys(names))  # each distinct adapter once, in order of first use
-        slot = torch.tensor([adapters.index(n) for n in names])
-        a = torch.stack([torch.cat([modules[t].lora_A[n].detach().float() for t, _ in shape]) for n in adapters])
-        b = torch.zeros(len(adapters), a.shape[1], width)
+    def _stack(self, block: Block, layer: int, product: str, shape: tuple, pieces: list[Piece]) -> tuple:
+        """(a, b, targets) of Group for adapters of one shape on one product: their pieces stacked, or the last
+        stack of that product and shape when it holds the same pieces."""
+        last = self._stacks.get((layer, product, shape))
+        if last is not None and len(last[0]) == len(pieces) and all(map(operator.is_, last[0], pieces)):
+            return last[1:]
         r0, spans = 0, []
         for target, rank in shape:
-            m = modules[target]
-            lo, hi = block.spans[target]
-            b[:, r0 : r0 + rank, lo:hi] = torch.stack([m.lora_B[n].detach().float().t() * m.scaling[n]
-                                                        for n in adapters])
-            spans.append((r0, rank, lo, hi))
+            spans.append((r0, rank, *block.spans[target]))
             r0 += rank
-        return Group(None if len(rows) == total else torch.tensor(rows), slot,
-                     a.transpose(1, 2).reshape(-1, a.shape[1]).to(torch.bfloat16).contiguous(),
-                     b.view(-1, width).to(torch.bfloat16), kernel.lora_targets(spans))
+        stack = (torch.cat([p.a for p in pieces]), torch.cat([p.b for p in pieces]), kernel.lora_targets(spans))
+        self._stacks[(layer, product, shape)] = (tuple(pieces), *stack)
+        return stack
 
     # ---- forward ----
 

@@ -2,10 +2,10 @@
 every row the same bits however many rows come with it.
 
 oneDNN picks its kernel by the number of rows, and a row's bf16 result changes with the kernel (above 32 to 43
-rows on SmolLM2's shapes, above 21 on a 264x32 head; bench/lean_products.py). So a decode step's products take
-ROWS rows at a time, and a shape whose kernel is not proven to give every row the same bits at any count below
-ROWS (rows_are_exact, probed once per shape) is padded with zero rows to ROWS; prefills take larger products of
-proven sizes.
+rows on SmolLM2's shapes, above 21 on a 264x32 head; bench/lean_products.py). So a decode step's products take at
+most ROWS rows at a time, each n-row input padded with zero rows to the smallest count (n itself where it can)
+proven to give every row what a ROWS-row product gives it (exact_counts, probed once per shape); prefills take
+larger products of proven sizes.
 """
 
 from __future__ import annotations
@@ -16,18 +16,20 @@ import functools
 import torch
 import torch.nn.functional as F
 
-ROWS = 32  # rows per base-weight product of a decode step (and of the head): padded to this unless rows_are_exact
+ROWS = 32  # most rows per base-weight product of a decode step (and of the head); fewer where exact_counts allows
 # Rows in every base-weight product of a prefill. A prompt's rows meet the same kernel alone or packed, and never
 # need to match a decode step's, so prefills can take larger products: here a pass over the weights costs 27.4 /
 # 29.2 / 37.1 ms at 32 / 64 / 128 rows. Prefilling 32 packed prompts (359 tokens) took 0.84x the time of 32-row
 # products at 64 rows and 0.75x at 128; one 11-token prompt 1.11x and 1.31x. 64 keeps a lone request's first token
 # nearly as fast.
 PREFILL_ROWS = 64
-# Most rows in one prefill product, where the counts PREFILL_ROWS, PREFILL_ROWS + 16, ..., PREFILL_MAX all give a
-# PREFILL_ROWS-row product's rows (rows_are_exact; on SmolLM2's shapes every count from 37 to 255 shares one
-# kernel): 32 packed prompts (359 tokens) then take two products per weight instead of six. Steps of 16 keep the
-# kernels oneDNN creates and caches (one per row count) to 9.
-PREFILL_MAX = 192
+# Most rows in one prefill product, where the counts PREFILL_ROWS, PREFILL_ROWS + 16, ..., PREFILL_MAX give a
+# PREFILL_ROWS-row product's rows (exact_counts keeps those that do): 32 packed prompts (359 tokens) then take one
+# product per weight instead of six. On an Intel host with AMX, every count from 37 to 255 shared one kernel on
+# SmolLM2's shapes; on an AMD EPYC (avx512_bf16, no AMX) every count to 1024 did, and one 368-row product instead
+# of 192 + 176 rows (and their concatenation) took the 32-prompt prefill from 122 to 109 ms. Steps of 16 bound
+# the kernels oneDNN creates and caches (one per row count) to 29.
+PREFILL_MAX = 512
 
 class Packed:
     """y = x·Wᵀ in bf16 with W prepacked for oneDNN (plain F.linear without it), in products of allowed sizes."""
@@ -38,9 +40,9 @@ class Packed:
         self.weight = torch.ops.mkldnn._reorder_linear_weight(w, ROWS) if self.onednn else w
         self.out_features, self.in_features = w.shape
         self.sizes: dict[int, tuple[int, ...]] = {}
-        """Product size (ROWS, PREFILL_ROWS) -> the row counts a product may take instead, ascending: LeanLlama
-        sets (1, ..., ROWS) and (PREFILL_ROWS, PREFILL_ROWS + 16, ..., PREFILL_MAX) where rows_are_exact proved
-        them equivalent. Absent: exactly that size."""
+        """Product size (ROWS, PREFILL_ROWS) -> the row counts a product may take instead, ascending, the size
+        itself included: LeanLlama sets those of 1, ..., ROWS and of PREFILL_ROWS, PREFILL_ROWS + 16, ...,
+        PREFILL_MAX that exact_counts proved equivalent. Absent: exactly that size."""
         self.pads: dict[int, list] = {}  # row count -> [zero-padded input buffer (count, in), rows in use]
 
     def _size(self, n: int, rows: int) -> int:
@@ -94,11 +96,13 @@ class Packed:
 
 
 @functools.cache
-def rows_are_exact(out_features: int, in_features: int, threads: int, rows: int, counts: tuple[int, ...]) -> bool:
-    """Whether, for a prepacked (out, in) bf16 weight on this machine, a product of m rows, for every m in
-    `counts`, gives each row bit for bit what a `rows`-row product gives it. For m < ROWS = rows, a decode step's
-    products then need no padding (at 8 rows on SmolLM2: 19.0 against 22.6 ms for the 121 products); for m from
-    PREFILL_ROWS to PREFILL_MAX, a prefill takes fewer, larger products.
+def exact_counts(out_features: int, in_features: int, threads: int, rows: int, counts: tuple[int, ...]
+                 ) -> tuple[int, ...]:
+    """Those of `counts` for which, for a prepacked (out, in) bf16 weight on this machine, a product of m rows gives
+    each row bit for bit what a `rows`-row product gives it (none when the `rows`-row product's own rows differ).
+    A product may then take m rows instead of `rows`: for m < ROWS = rows, a decode step's products need no
+    padding (at 8 rows on SmolLM2: 19.0 against 22.6 ms for the 121 products); for m from PREFILL_ROWS to
+    PREFILL_MAX, a prefill takes fewer, larger products.
 
     oneDNN picks its kernel by shape, row count and threads, never by the values, so one probe per shape decides.
     Random data would be a weak probe: a kernel that sums in another order changes only ~1e-4 of bf16 outputs
@@ -115,4 +119,7 @@ def rows_are_exact(out_features: int, in_features: int, threads: int, rows: int,
     probe = Packed(w)
     xs = x[None].expand(max((*counts, rows)), -1).contiguous()
     first = probe.product(xs[:rows])[:1]
-    return all(bool((probe.product(xs[:m]) == first).all()) for m in (rows, *counts))
+    if not bool((probe.product(xs[:rows]) == first).all()):
+        return ()
+    return tuple(m for m in counts if bool((probe.product(xs[:m]) == first).all()))
+
