@@ -5,9 +5,11 @@ Two forwards of each version are built in the order A B B A (which of two otherw
 first moved their step times by 3-6% here), each prefills the requests, then `--steps` decode steps run all four
 in a rotating order; the first 5 steps are dropped. Reports each version's median step over its two forwards,
 the ratio, and whether both versions chose the same greedy tokens at every step (they should when a change keeps
-the arithmetic, and may not when it changes a summation order).
+the arithmetic, and may not when it changes a summation order). With --prefills N, each forward first prefills
+the requests' prompts, packed, N times in the same rotation (slots released; the LoRA tables of the rows are
+built by the first), and the median prefill is reported the same way.
 
-    python bench/lean_ab.py --against HEAD~1 [--rows 8] [--steps 40]
+    python bench/lean_ab.py --against HEAD~1 [--rows 8] [--steps 40] [--prefills 8]
 """
 
 from __future__ import annotations
@@ -31,21 +33,28 @@ import serve as bench  # noqa: E402 (the serving benchmark's model and prompts)
 
 
 def load_revision(rev: str | None, name: str):
-    """lorakit.serve.llama as it was at git revision `rev` (None: as in the working tree), as a separate module.
-    Both versions are loaded this way: the imported package module measured 1-6% slower than an identical copy
-    loaded from a file, a bias an A/B must not carry."""
+    """lorakit.serve.llama, with the lorakit.serve.packed it imports, as they were at git revision `rev` (None: as
+    in the working tree), as separate modules. Both versions are loaded this way: the imported package module
+    measured 1-6% slower than an identical copy loaded from a file, a bias an A/B must not carry."""
     root = Path(__file__).resolve().parents[1]
-    if rev is None:
-        source = (root / "src" / "lorakit" / "serve" / "llama.py").read_text()
-    else:
-        source = subprocess.run(["git", "show", f"{rev}:src/lorakit/serve/llama.py"], cwd=root, check=True,
-                                capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / f"{name}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+
+    def load(module_name: str, file: str, edit=lambda text: text):
+        if rev is None:
+            source = (root / "src" / "lorakit" / "serve" / file).read_text()
+        else:
+            source = subprocess.run(["git", "show", f"{rev}:src/lorakit/serve/{file}"], cwd=root, check=True,
+                                    capture_output=True, text=True).stdout
+        path = Path(tempfile.mkdtemp()) / f"{module_name}.py"
+        path.write_text(edit(source))
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    load(f"{name}_packed", "packed.py")
+    return load(name, "llama.py", lambda text: text.replace("from lorakit.serve.packed import",
+                                                            f"from {name}_packed import"))
 
 
 def main() -> int:
@@ -53,6 +62,8 @@ def main() -> int:
     parser.add_argument("--against", required=True, help="git revision of the other version (e.g. HEAD~1)")
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--prefills", type=int, default=0,
+                        help="also time this many prefills of the rows' prompts per forward, in rotation")
     args = parser.parse_args()
     torch.set_num_threads(2)
     model, tok = bench.base_model(False, "bfloat16")
@@ -70,6 +81,15 @@ def main() -> int:
         module.LeanLlama(model)
     order = ["this", args.against, args.against, "this"]
     engines = [(key, versions[key].LeanLlama(model)) for key in order]
+    prefill_times: dict[str, list[float]] = {k: [] for k in versions}
+    for rep in range(args.prefills):
+        for i in [(rep + j) % len(engines) for j in range(len(engines))]:
+            key, engine = engines[i]
+            t = time.perf_counter()
+            slots, _ = engine.prefill(prompts, names)
+            prefill_times[key].append(time.perf_counter() - t)
+            for slot in slots:
+                engine.release(slot)
     state = []
     for _, engine in engines:
         slots, logits = engine.prefill(prompts, names)
@@ -90,9 +110,13 @@ def main() -> int:
             state[i] = (slots, chosen)
         same &= len({tuple(t) for t in tokens.values()}) == 1
     medians = {k: round(1000 * statistics.median(v), 2) for k, v in times.items()}
-    json.dump({"rows": args.rows, "steps": args.steps, "median_step_ms": medians,
-               "this_over_other": round(medians["this"] / medians[args.against], 3),
-               "same_greedy_tokens": same}, sys.stdout, indent=2)
+    out = {"rows": args.rows, "steps": args.steps, "median_step_ms": medians,
+           "this_over_other": round(medians["this"] / medians[args.against], 3), "same_greedy_tokens": same}
+    if args.prefills:
+        prefill = {k: round(1000 * statistics.median(v), 2) for k, v in prefill_times.items()}
+        out.update(prefills=args.prefills, median_prefill_ms=prefill,
+                   prefill_this_over_other=round(prefill["this"] / prefill[args.against], 3))
+    json.dump(out, sys.stdout, indent=2)
     print()
     return 0
 

@@ -11,8 +11,9 @@ through gives bit-identical results whatever else is in the batch (each checked 
   time, and n rows are padded with zero rows to the smallest count (n itself where it can) proven to give every
   row the bits a ROWS-row product gives it (packed.exact_counts, probed once per shape): every row of every step
   meets one kernel's results. On SmolLM2 every count passes for all five shapes on an Intel host, and 8 rows
-  unpadded take 19.0 against 22.6 ms for the 121 products (on an AMD EPYC the down product's 1-row kernel
-  differs, so one row takes two there). The inputs of padded
+  unpadded take 19.0 against 22.6 ms for the 121 products. On an AMD EPYC only the down product's 1-row kernel
+  differs; padding every down product to 32 rows for it, as the all-or-nothing probe before did, made an 8-row
+  step 1.12x as long (bench/lean_ab.py, 12.5 against 14.0 ms). The inputs of padded
   products are written into persistent zero-padded buffers (Packed.slot); everything between the products runs
   on the real rows only;
 - each request owns a slot of the KV cache, and in a decode step each row attends over exactly its own keys in

@@ -24,12 +24,13 @@ ROWS = 32  # most rows per base-weight product of a decode step (and of the head
 # nearly as fast.
 PREFILL_ROWS = 64
 # Most rows in one prefill product, where the counts PREFILL_ROWS, PREFILL_ROWS + 16, ..., PREFILL_MAX give a
-# PREFILL_ROWS-row product's rows (exact_counts keeps those that do): 32 packed prompts (359 tokens) then take one
-# product per weight instead of six. On an Intel host with AMX, every count from 37 to 255 shared one kernel on
-# SmolLM2's shapes; on an AMD EPYC (avx512_bf16, no AMX) every count to 1024 did, and one 368-row product instead
-# of 192 + 176 rows (and their concatenation) took the 32-prompt prefill from 122 to 109 ms. Steps of 16 bound
-# the kernels oneDNN creates and caches (one per row count) to 29.
-PREFILL_MAX = 512
+# PREFILL_ROWS-row product's rows (exact_counts keeps those that do; on SmolLM2's shapes every count from 37 to 255
+# shared one kernel on an Intel host with AMX, every count to 1024 on an AMD EPYC without): 32 packed prompts (359
+# tokens) then take two products per weight instead of six. Steps of 16 keep the kernels oneDNN creates and keeps
+# (one per row count and shape, ~0.5-1 MB each) to 9. 512 (one product for those 359 tokens, 29 kernels) made that
+# prefill 0.945x as long (bench/lean_ab.py --rows 32 --prefills 12: 106 against 112 ms, under 1% of a 32-request
+# round) for ~70 MB more memory, so the limit stayed.
+PREFILL_MAX = 192
 
 class Packed:
     """y = x·Wᵀ in bf16 with W prepacked for oneDNN (plain F.linear without it), in products of allowed sizes."""
