@@ -10,6 +10,7 @@ the requests' prompts, packed, N times in the same rotation (slots released; the
 built by the first), and the median prefill is reported the same way.
 
     python bench/lean_ab.py --against HEAD~1 [--rows 8] [--steps 40] [--prefills 8]
+    python bench/lean_ab.py --against HEAD~1 --joining --steps 400
 """
 
 from __future__ import annotations
@@ -64,8 +65,14 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--prefills", type=int, default=0,
                         help="also time this many prefills of the rows' prompts per forward, in rotation")
+    parser.add_argument("--joining", action="store_true",
+                        help="instead: engines whose rows change at most steps (see joining)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.joining:
+        json.dump(joining(args.against, args.steps), sys.stdout, indent=2)
+        print()
+        return 0
     model, tok = bench.base_model(False, "bfloat16")
     for i in range(8):
         lorakit.inject(model, lorakit.LoraConfig(rank=8, alpha=16, targets=("q_proj", "v_proj")), f"a{i}")
@@ -119,6 +126,49 @@ def main() -> int:
     json.dump(out, sys.stdout, indent=2)
     print()
     return 0
+
+
+def joining(against: str, steps: int) -> dict:
+    """Two engines (lorakit.serve.engine.Engine over one adapter pool), one on each version's lean forward, stepped
+    in alternation; before three steps in four a greedy 32-token request joins each (the prompts and 8 rank-8 q,v
+    adapters in turn), so ~24 rows run and they change at most steps, as under traffic whose requests arrive and
+    end at different times. Reports each version's mean and median step (prefill of the newcomer included) after
+    the first 50, and whether both engines gave every request the same tokens."""
+    from lorakit.serve import engine as engine_module
+    from lorakit.serve.pool import AdapterPool
+    from lorakit.serve.sampling import SamplingParams
+
+    model, tok = bench.base_model(False, "bfloat16")
+    pool = AdapterPool(model)
+    for i, d in enumerate(bench.make_adapters(model, Path(tempfile.mkdtemp()), 8)):
+        pool.add(f"a{i}", d, trusted=True)
+    prompts = [tok.encode(t) for t in bench.prompts(32)]
+    params = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
+    engines, built = {}, engine_module.LeanLlama
+    try:
+        for key, rev in (("this", None), (against, against)):
+            engine_module.LeanLlama = load_revision(rev, f"llama_{'this' if rev is None else 'other'}").LeanLlama
+            engines[key] = engine_module.Engine(model, tok, pool)
+    finally:
+        engine_module.LeanLlama = built
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    tokens: dict[str, list[list[int]]] = {k: [] for k in engines}
+    for step in range(steps):
+        for key in list(engines) if step % 2 else list(engines)[::-1]:
+            engine = engines[key]
+            if step % 4 != 3:
+                engine.submit(prompts[step % 32], f"a{step % 8}", params,
+                              lambda e, key=key: e.finish_reason and tokens[key].append(e.token_ids))
+            t = time.perf_counter()
+            engine.step()
+            if step >= 50:
+                times[key].append(time.perf_counter() - t)
+    means = {k: round(1000 * statistics.mean(v), 2) for k, v in times.items()}
+    medians = {k: round(1000 * statistics.median(v), 2) for k, v in times.items()}
+    return {"steps": steps, "rows_running_at_end": {k: len(e.running) for k, e in engines.items()},
+            "mean_step_ms": means, "median_step_ms": medians,
+            "this_over_other": round(means["this"] / means[against], 3),
+            "same_tokens": len({str(v) for v in tokens.values()}) == 1}
 
 
 if __name__ == "__main__":

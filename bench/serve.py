@@ -12,7 +12,9 @@ per request, 8 rank-8 q,v adapters with non-zero B. Measured:
                     the server stay loaded; the order alternates); each is reported as the median over rounds,
                     and speedup_vs_peft_mixed is the median of the per-round ratios, as this shared machine's
                     speed drifts by tens of percent within minutes
-  soak              clients looping for --soak-seconds: errors, server RSS before/after, greedy == solo
+  soak              32 clients looping for --soak-seconds, each pausing a random 0 to --soak-pause s before each
+                    request (so rows join and leave at different steps): errors, server RSS before/after,
+                    greedy == solo, and generated tokens/s
   engine_32_rows    the engine alone (no HTTP): median decode step of 32 rows with K resident adapters (1, 8,
                     64) and the rows spread over 8 of them (1 when K = 1), plus 64 resident with the rows over
                     32 distinct adapters, and 8 rank-8 adapters plus one rank-64 adapter idle or in use (the
@@ -236,25 +238,32 @@ async def concurrent(url: str, jobs: list[tuple[str, str]], new: int, kind: str 
 
 
 async def soak(url: str, jobs: list[tuple[str, str]], solo: dict, new: int, seconds: float, clients: int,
-               kind: str = "aiohttp") -> dict:
-    errors, mismatches, done = 0, 0, 0
+               kind: str = "aiohttp", pause: float = 0.0) -> dict:
+    """Clients looping for `seconds`, each waiting a random 0 to `pause` seconds before each request, so that
+    requests join and leave the running batch at different steps (0: the clients stay in step, as in rounds)."""
+    errors, mismatches, done, tokens = 0, 0, 0, 0
     stop = time.monotonic() + seconds
     rng = random.Random(0)
 
     async def worker(client):
-        nonlocal errors, mismatches, done
+        nonlocal errors, mismatches, done, tokens
         while time.monotonic() < stop:
             job = rng.choice(jobs)
+            await asyncio.sleep(rng.uniform(0, pause))
             try:
-                text, _, _ = await one(client, url, *job, new)
+                text, _, count = await one(client, url, *job, new)
                 mismatches += text != solo[job]
                 done += 1
+                tokens += count
             except Exception:
                 errors += 1
 
     async with http_client(kind) as client:
+        t = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(clients)))
-    return {"seconds": seconds, "clients": clients, "requests": done, "errors": errors, "not_equal_to_solo": mismatches}
+        wall = time.perf_counter() - t
+    return {"seconds": seconds, "clients": clients, "pause_s": pause, "requests": done, "errors": errors,
+            "not_equal_to_solo": mismatches, "tokens_per_s": round(tokens / wall, 1)}
 
 
 def bench_server(args, dirs: list[Path], texts: list[str], tok, pefts: dict) -> tuple[dict, dict]:
@@ -306,7 +315,8 @@ def bench_server(args, dirs: list[Path], texts: list[str], tok, pefts: dict) -> 
                         "ttft_p95_s": statistics.median(x["ttft_p95_s"] for x in stats),
                         "not_equal_to_solo": sum(x["not_equal_to_solo"] for x in stats)}
         before = rss_mb(proc.pid)
-        out["soak"] = asyncio.run(soak(url, jobs, solo, args.new_tokens, args.soak_seconds, 32, args.client))
+        out["soak"] = asyncio.run(soak(url, jobs, solo, args.new_tokens, args.soak_seconds, 32, args.client,
+                                       args.soak_pause))
         out["soak"].update(rss_before_mb=before, rss_after_mb=rss_mb(proc.pid))
         return out, peft
     finally:
@@ -448,6 +458,8 @@ def main() -> int:
     p.add_argument("--random", action="store_true", help="random weights of smollm2-135m's shape")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--soak-seconds", type=float, default=20)
+    p.add_argument("--soak-pause", type=float, default=0.1,
+                   help="each soak client waits a random 0 to this many seconds before each request")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     p.add_argument("--skip-peft-sequential", action="store_true")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the engine-alone measurements")
