@@ -132,8 +132,9 @@ def joining(against: str, steps: int) -> dict:
     """Two engines (lorakit.serve.engine.Engine over one adapter pool), one on each version's lean forward, stepped
     in alternation; before three steps in four a greedy 32-token request joins each (the prompts and 8 rank-8 q,v
     adapters in turn), so ~24 rows run and they change at most steps, as under traffic whose requests arrive and
-    end at different times. Reports each version's mean and median step (prefill of the newcomer included) after
-    the first 50, and whether both engines gave every request the same tokens."""
+    end at different times. Reports each version's mean and median step (prefill of the newcomer included) and
+    the tokens/s of the steps after the first 50, and whether both engines gave every request the same tokens
+    (requests still running at the end compared as far as both got)."""
     from lorakit.serve import engine as engine_module
     from lorakit.serve.pool import AdapterPool
     from lorakit.serve.sampling import SamplingParams
@@ -149,26 +150,35 @@ def joining(against: str, steps: int) -> dict:
         for key, rev in (("this", None), (against, against)):
             engine_module.LeanLlama = load_revision(rev, f"llama_{'this' if rev is None else 'other'}").LeanLlama
             engines[key] = engine_module.Engine(model, tok, pool)
+            lean = engines[key].lean
+            if not hasattr(lean, "joins"):  # a forward from before running rows could join prefills
+                lean.joins = False
+                lean.prefill = lambda prompts, names, slots=None, prefill=lean.prefill: prefill(prompts, names)
     finally:
         engine_module.LeanLlama = built
     times: dict[str, list[float]] = {k: [] for k in engines}
-    tokens: dict[str, list[list[int]]] = {k: [] for k in engines}
+    tokens: dict[str, dict[int, list[int]]] = {k: {} for k in engines}  # version -> request -> its tokens
+    made = {k: 0 for k in engines}  # tokens generated in the timed steps
     for step in range(steps):
         for key in list(engines) if step % 2 else list(engines)[::-1]:
             engine = engines[key]
             if step % 4 != 3:
-                engine.submit(prompts[step % 32], f"a{step % 8}", params,
-                              lambda e, key=key: e.finish_reason and tokens[key].append(e.token_ids))
+                out = tokens[key].setdefault(step, [])
+                engine.submit(prompts[step % 32], f"a{step % 8}", params, lambda e, out=out: out.extend(e.token_ids))
+            before = sum(map(len, tokens[key].values()))
             t = time.perf_counter()
             engine.step()
             if step >= 50:
                 times[key].append(time.perf_counter() - t)
+                made[key] += sum(map(len, tokens[key].values())) - before
     means = {k: round(1000 * statistics.mean(v), 2) for k, v in times.items()}
     medians = {k: round(1000 * statistics.median(v), 2) for k, v in times.items()}
     return {"steps": steps, "rows_running_at_end": {k: len(e.running) for k, e in engines.items()},
             "mean_step_ms": means, "median_step_ms": medians,
             "this_over_other": round(means["this"] / means[against], 3),
-            "same_tokens": len({str(v) for v in tokens.values()}) == 1}
+            "tokens_per_s": {k: round(made[k] / sum(v), 1) for k, v in times.items()},
+            "same_tokens": all(a[: len(b)] == b[: len(a)] for v in tokens.values()
+                               for a, b in zip(v.values(), tokens["this"].values(), strict=True))}
 
 
 if __name__ == "__main__":

@@ -315,3 +315,64 @@ def test_the_lean_forward_keeps_the_factors_of_a_bounded_number_of_adapters(tmp_
         for slot in slots:
             lean.release(slot)
     assert len(lean._pieces) <= llama.PIECES_KEPT + 2
+
+
+def test_a_running_row_continued_as_a_one_token_prompt_gets_its_decode_step_bits():
+    """LeanLlama.prefill continuing a slot is what a running row goes through when it joins newcomers' prefill;
+    where the forward allows that (joins: one kernel's results for a decode step's and a prefill's row counts),
+    its logits and cache must be exactly a decode step's, beside new prompts of any length."""
+    model = adapted_model()
+    lean = LeanLlama(model)
+    if not lean.joins:
+        pytest.skip("this machine's oneDNN kernels differ between decode and prefill row counts: rows never join")
+    rng = random.Random(1)
+    prompts = [[rng.randrange(5, 260) for _ in range(n)] for n in (3, 9, 1)]
+    names = ["a", None, "b"]
+    newcomers = [[rng.randrange(5, 260) for _ in range(n)] for n in (4, 70)]  # 70: a long prompt, through sdpa
+    results = []
+    for joined in (False, True):
+        slots, logits = lean.prefill(prompts, names)
+        tokens = logits.argmax(-1).tolist()
+        if joined:
+            got, out = lean.prefill([[t] for t in tokens] + newcomers, names + ["b", "a"], slots + [None, None])
+            assert got[:3] == slots
+            alone = [lean.prefill([p], [a])[1][0] for p, a in zip(newcomers, ["b", "a"], strict=True)]
+            assert all(torch.equal(out[3 + i], row) for i, row in enumerate(alone))
+            out = out[:3]
+        else:
+            out = lean.decode(slots, tokens, names)
+        results.append((out, lean.decode(slots, out.argmax(-1).tolist(), names)))  # the next step reads the cache
+        lean.reset()
+    (decoded, after), (joined, after_joined) = results
+    assert torch.equal(decoded, joined) and torch.equal(after, after_joined)
+
+
+@pytest.mark.parametrize("joins", [True, False])
+def test_requests_joining_a_running_batch_get_their_solo_tokens(tmp_path, joins):
+    """Requests arriving while others run (each prefilled while they decode, the running rows joining that pass
+    where the forward allows it, else a prefill and then a decode step) give what they give alone."""
+    pool = AdapterPool(tiny_model().to(torch.bfloat16), tmp_path)
+    pool.add("a", save_adapter(tmp_path / "a", lorakit.LoraConfig(rank=4, targets=("q_proj", "v_proj")), seed=1))
+    pool.add("b", save_adapter(tmp_path / "b", lorakit.LoraConfig(rank=8, targets=("o_proj", "up_proj")), seed=2))
+    engine = Engine(pool.model, tiny_tokenizer(), pool)
+    if joins and not engine.lean.joins:
+        pytest.skip("this machine's oneDNN kernels differ between decode and prefill row counts: rows never join")
+    engine.lean.joins = joins
+    rng = random.Random(2)
+    jobs = [([rng.randrange(5, 260) for _ in range(rng.choice((1, 5, 12, 70)))], (None, "a", "b")[i % 3],
+             rng.randrange(3, 9)) for i in range(10)]
+
+    def run(schedule: list[int]) -> list[list[int]]:
+        """Submit job i before step schedule[i]; each job's tokens."""
+        out: list[list[int]] = [[] for _ in jobs]
+        for step in range(max(schedule) + 1):
+            for i in (i for i, at in enumerate(schedule) if at == step):
+                prompt, adapter, new = jobs[i]
+                engine.submit(prompt, adapter, SamplingParams(max_tokens=new, temperature=0, ignore_eos=True),
+                              lambda e, out=out[i]: out.extend(e.token_ids))
+            engine.step()
+        engine.run_until_idle()
+        return out
+
+    solo = [run([0 if j == i else -1 for j in range(len(jobs))])[i] for i in range(len(jobs))]
+    assert run([0, 0, 1, 2, 2, 2, 4, 7, 7, 9]) == solo

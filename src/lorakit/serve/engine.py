@@ -9,7 +9,8 @@ touches the model. Two forwards:
 - lean (llama.LeanLlama; bf16 Llama models on CPU where lorakit's C kernels are built, the default there):
   per-request cache slots and ops whose rows are bit-identical whatever else is in the batch; a SmolLM2 decode
   step of 8 rows took 36-37 ms against the fp32 forward's 99-118 ms, two runs each, one after the other on a
-  busy host (bench/serve.py --profile 8 [--dtype bfloat16], at 97c6e75).
+  busy host (bench/serve.py --profile 8 [--dtype bfloat16], at 97c6e75). Where its kernels allow it
+  (LeanLlama.joins), a step that admits requests runs the running rows' next token in their prefill's pass.
 """
 
 from __future__ import annotations
@@ -258,8 +259,7 @@ class Engine:
         """One scheduling iteration: calls, admissions (with prefill), one decode step for all running rows."""
         self._run_calls()
         self._drop_cancelled()
-        self._admit()
-        if self.running:
+        if not self._admit() and self.running:
             self._decode()
         self.metrics.set_gauges(waiting=len(self.waiting), running=len(self.running),
                                 adapters=sum(e.resident for e in self.pool.entries.values()),
@@ -290,8 +290,9 @@ class Engine:
         if gone:
             self._keep([s for s in self.running if not s.cancelled])
 
-    def _admit(self) -> None:
-        """Move waiting requests into the batch, prefilling them together in one forward pass.
+    def _admit(self) -> bool:
+        """Move waiting requests into the batch, prefilling them together in one forward pass; True when the
+        running rows took this step's token in that pass (see _prefill).
 
         The padded prefill (rows x longest prompt) stays under prefill_tokens, so running rows are never
         stalled long by a crowd of newcomers; a request whose adapter cannot fit yet keeps its place in line.
@@ -309,13 +310,14 @@ class Engine:
             elif not seq.finished:
                 joining.append(seq)
         self.waiting.extendleft(reversed(blocked))
-        if joining:
-            try:
-                self._prefill(joining)
-            except Exception as e:  # the rows are in neither list yet: fail them here, then let the loop recover
-                for seq in joining:
-                    self._finish(seq, "error", "", error=f"the engine failed: {type(e).__name__}: {e}")
-                raise
+        if not joining:
+            return False
+        try:
+            return self._prefill(joining)
+        except Exception as e:  # the rows are in neither list yet: fail them here, then let the loop recover
+            for seq in joining:
+                self._finish(seq, "error", "", error=f"the engine failed: {type(e).__name__}: {e}")
+            raise
 
     def _acquire(self, seq: Request) -> bool:
         """Reserve the request's adapter (loading it if evicted); False if it must wait for room.
@@ -336,12 +338,22 @@ class Engine:
             return True
         return seq.key is not None
 
-    def _prefill(self, rows: list[Request]) -> None:
+    def _prefill(self, rows: list[Request]) -> bool:
+        """Prefill newcomers; True when the running rows took this step's token in the same pass.
+
+        In the lean forward, where its products give every row the same bits at a decode step's row counts and
+        a prefill's (LeanLlama.joins), each running row joins the prefill as a one-token prompt continuing its
+        slot: one pass over the weights instead of a prefill and a decode step (bench/lean_ab.py --joining).
+        """
         for seq in rows:
             seq.generator = seq.params.generator(self.device)
+        carried: list[Request] = []
         if self.lean is not None:
-            slots, logits = self.lean.prefill([s.prompt for s in rows], [s.key for s in rows])
-            for seq, slot in zip(rows, slots, strict=True):
+            carried = list(self.running) if self.lean.joins else []
+            slots, logits = self.lean.prefill([[s.output[-1]] for s in carried] + [s.prompt for s in rows],
+                                              [s.key for s in carried + rows],
+                                              [s.slot for s in carried] + [None] * len(rows))
+            for seq, slot in zip(rows, slots[len(carried) :], strict=True):
                 seq.slot = slot
         else:
             lengths = [len(s.prompt) for s in rows]
@@ -352,8 +364,12 @@ class Engine:
             cache = DynamicCache()
             logits = self._forward(rows, ids, mask, positions, cache)
             self.batch.add(cache, lengths)
-        self.running.extend(rows)
+        if carried:
+            self.metrics.observe_batch(len(carried) + len(rows))
+        rows = carried + rows
+        self.running.extend(rows[len(carried) :])
         self._emit(rows, logits)
+        return bool(carried)
 
     def _mask_dtype(self) -> torch.dtype | None:
         """None: a boolean mask (sdpa); else the dtype of an additive mask (eager attention adds it)."""
