@@ -43,7 +43,8 @@ class Packed:
         self.sizes: dict[int, tuple[int, ...]] = {}
         """Product size (ROWS, PREFILL_ROWS) -> the row counts a product may take instead, ascending, the size
         itself included: LeanLlama sets those of 1, ..., ROWS and of PREFILL_ROWS, PREFILL_ROWS + 16, ...,
-        PREFILL_MAX that exact_counts proved equivalent. Absent: exactly that size."""
+        PREFILL_MAX that exact_counts proved equivalent (both the union of the two where the sizes themselves are
+        equivalent: LeanLlama.joins). Absent: exactly that size."""
         self.pads: dict[int, list] = {}  # row count -> [zero-padded input buffer (count, in), rows in use]
 
     def _size(self, n: int, rows: int) -> int:
