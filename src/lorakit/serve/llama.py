@@ -192,13 +192,14 @@ class LeanLlama:
             self.head = Packed(_weight(model.lm_head))
             # Products go unpadded or larger where this machine's kernels allow it (exact_counts), per shape.
             threads = torch.get_num_threads()
-            decode, prefill = tuple(range(1, ROWS)), tuple(range(PREFILL_ROWS + 16, PREFILL_MAX + 1, 16))
+            decode = tuple(range(1, ROWS))
+            prefill = (*range(ROWS + 8, PREFILL_ROWS, 8), *range(PREFILL_ROWS + 16, PREFILL_MAX + 1, 16))
             layers = [p for b in self.blocks for p in (b.qkv, b.o, b.gate_up, b.down)]
             for p in layers + [self.head]:
                 p.sizes[ROWS] = (*exact_counts(p.out_features, p.in_features, threads, ROWS, decode), ROWS)
                 if p is not self.head:
-                    p.sizes[PREFILL_ROWS] = (PREFILL_ROWS, *exact_counts(p.out_features, p.in_features, threads,
-                                                                        PREFILL_ROWS, prefill))
+                    p.sizes[PREFILL_ROWS] = tuple(sorted((PREFILL_ROWS, *exact_counts(
+                        p.out_features, p.in_features, threads, PREFILL_ROWS, prefill))))
             # Where a PREFILL_ROWS-row product gives each row a ROWS-row product's bits, every proven count of
             # either kind does: then running rows may join a prefill's products (joins), and either kind of
             # product takes any of those counts.

@@ -23,13 +23,15 @@ ROWS = 32  # most rows per base-weight product of a decode step (and of the head
 # products at 64 rows and 0.75x at 128; one 11-token prompt 1.11x and 1.31x. 64 keeps a lone request's first token
 # nearly as fast.
 PREFILL_ROWS = 64
-# Most rows in one prefill product, where the counts PREFILL_ROWS, PREFILL_ROWS + 16, ..., PREFILL_MAX give a
-# PREFILL_ROWS-row product's rows (exact_counts keeps those that do; on SmolLM2's shapes every count from 37 to 255
-# shared one kernel on an Intel host with AMX, every count to 1024 on an AMD EPYC without): 32 packed prompts (359
-# tokens) then take two products per weight instead of six. Steps of 16 keep the kernels oneDNN creates and keeps
-# (one per row count and shape, ~0.5-1 MB each) to 9. 512 (one product for those 359 tokens, 29 kernels) made that
-# prefill 0.945x as long (bench/lean_ab.py --rows 32 --prefills 12: 106 against 112 ms, under 1% of a 32-request
-# round) for ~70 MB more memory, so the limit stayed.
+# Most rows in one prefill product, where the counts PREFILL_ROWS, PREFILL_ROWS + 16, ..., PREFILL_MAX (and 40,
+# 48, 56 below it) give a PREFILL_ROWS-row product's rows (exact_counts keeps those that do; on SmolLM2's shapes
+# every count from 37 to 255 shared one kernel on an Intel host with AMX, every count to 1024 on an AMD EPYC
+# without): 32 packed prompts (359 tokens) then take two products per weight instead of six. Steps of 16 (8 below
+# 64) keep the kernels oneDNN creates and keeps (one per row count and shape, ~0.5-1 MB each) to 12. The counts
+# below 64 serve a step that carries running rows into a prefill (LeanLlama.joins): ~24 running rows and a
+# ~12-token prompt took 40 rows instead of 64, 1000 against 859 tokens/s in bench/lean_ab.py --joining. 512 (one
+# product for those 359 tokens, 29 kernels) made that prefill 0.945x as long (bench/lean_ab.py --rows 32
+# --prefills 12: 106 against 112 ms, under 1% of a 32-request round) for ~70 MB more memory, so the limit stayed.
 PREFILL_MAX = 192
 
 class Packed:
