@@ -13,9 +13,9 @@ per request, 8 rank-8 q,v adapters with non-zero B. Measured:
                     and speedup_vs_peft_mixed is the median of the per-round ratios, as this shared machine's
                     speed drifts by tens of percent within minutes
   soak              32 clients looping for --soak-seconds, each pausing a random 0 to --soak-pause s before each
-                    request (so rows join and leave at different steps), twice: errors, greedy == solo and
-                    generated tokens/s, and the server's RSS before the first soak and before and after the second
-                    (the first warms up what such traffic makes the server keep: growth in the second is a leak)
+                    request (so rows join and leave at different steps), --soaks times: errors and greedy != solo
+                    over all, the last one's generated tokens/s, and the server's RSS before and after each (the
+                    first ones warm up what such traffic makes the server keep: growth in every soak is a leak)
   engine_32_rows    the engine alone (no HTTP): median decode step of 32 rows with K resident adapters (1, 8,
                     64) and the rows spread over 8 of them (1 when K = 1), plus 64 resident with the rows over
                     32 distinct adapters, and 8 rank-8 adapters plus one rank-64 adapter idle or in use (the
@@ -315,15 +315,17 @@ def bench_server(args, dirs: list[Path], texts: list[str], tok, pefts: dict) -> 
                         "ttft_p50_s": statistics.median(x["ttft_p50_s"] for x in stats),
                         "ttft_p95_s": statistics.median(x["ttft_p95_s"] for x in stats),
                         "not_equal_to_solo": sum(x["not_equal_to_solo"] for x in stats)}
-        # Two soaks: the first warms up what the server keeps once it has seen such traffic (cache slots for every
-        # request in flight, oneDNN kernels per row count), so growth during the second would be a leak.
-        first = rss_mb(proc.pid)
-        warm = asyncio.run(soak(url, jobs, solo, args.new_tokens, args.soak_seconds, 32, args.client, args.soak_pause))
-        before = rss_mb(proc.pid)
-        out["soak"] = asyncio.run(soak(url, jobs, solo, args.new_tokens, args.soak_seconds, 32, args.client,
-                                       args.soak_pause))
-        out["soak"].update(rss_before_first_soak_mb=first, rss_before_mb=before, rss_after_mb=rss_mb(proc.pid),
-                           first_soak={k: warm[k] for k in ("requests", "errors", "not_equal_to_solo")})
+        # Several soaks: the first ones warm up what the server keeps once it has seen such traffic (KV-cache slots
+        # for every request in flight, doubled when short, and their length), so RSS that grows in every soak
+        # would be a leak, and RSS that stops growing is not.
+        rss, soaks = [rss_mb(proc.pid)], []
+        for _ in range(args.soaks):
+            soaks.append(asyncio.run(soak(url, jobs, solo, args.new_tokens, args.soak_seconds, 32, args.client,
+                                          args.soak_pause)))
+            rss.append(rss_mb(proc.pid))
+        out["soak"] = {**soaks[-1], "rss_mb_before_and_after_each": rss,
+                       "requests_each": [x["requests"] for x in soaks], "errors": sum(x["errors"] for x in soaks),
+                       "not_equal_to_solo": sum(x["not_equal_to_solo"] for x in soaks)}
         return out, peft
     finally:
         proc.terminate()
@@ -464,6 +466,7 @@ def main() -> int:
     p.add_argument("--random", action="store_true", help="random weights of smollm2-135m's shape")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--soak-seconds", type=float, default=20)
+    p.add_argument("--soaks", type=int, default=3, help="soaks one after another (RSS read after each)")
     p.add_argument("--soak-pause", type=float, default=0.1,
                    help="each soak client waits a random 0 to this many seconds before each request")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
