@@ -109,9 +109,10 @@ PIECES_KEPT = 32  # adapters whose pieces stay cached besides those of the curre
 
 
 def _current(probe: tuple, key: str) -> bool:
-    """Whether adapter `key` is still the load its pieces were built from (probe: a module and its A then)."""
-    module, a = probe
-    return key in module.lora_A and module.lora_A[key] is a
+    """Whether adapter `key` is still the load its pieces were built from (probe: a block, target, the module
+    there and its A then): the module still in the model, and its A for `key` the same tensor."""
+    block, target, module, a = probe
+    return block.module(target) is module and key in module.lora_A and module.lora_A[key] is a
 
 
 def unsupported(model: nn.Module) -> str | None:
@@ -244,7 +245,7 @@ class LeanLlama:
             return found[1]
         adapted: dict[tuple[int, str], list[tuple[str, LoraLinear]]] = {}  # (layer, product) -> its adapted targets
         paths: dict[tuple[int, str], str] = {}  # (layer, product) -> the path of its modules' parent
-        probe = None  # (module, its A for `key`): a reload replaces every tensor, so this one tells a stale cache
+        probe = None  # (block, target, module, its A for `key`): what tells a reload, which replaces every tensor
         for path, module in wrappers(self.model):
             where = self.known.get(path)
             if where is not None:
@@ -256,7 +257,7 @@ class LeanLlama:
                     product = next(p for p, targets in PRODUCTS.items() if target in targets)
                     adapted.setdefault((layer, product), []).append((target, module))
                     paths[(layer, product)] = path.rsplit(".", 1)[0]
-                    probe = probe or (module, module.lora_A[key])
+                    probe = probe or (self.blocks[layer], target, module, module.lora_A[key])
                 continue
             if key in getattr(module, "lora_A", {}) or key in getattr(module, "copies", {}):
                 raise AdapterError(f"adapter changes {path}, which the bf16 lean engine does not apply (it adapts "
