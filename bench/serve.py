@@ -268,11 +268,25 @@ async def soak(url: str, jobs: list[tuple[str, str]], solo: dict, new: int, seco
             "not_equal_to_solo": mismatches, "tokens_per_s": round(tokens / wall, 1)}
 
 
+def wait_for_health(url: str, proc, seconds: float = 300) -> None:
+    """Until the server at `url` answers /health (RuntimeError if its process `proc` dies or it takes too long)."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or not proc.is_alive():
+            raise RuntimeError("the benchmark server did not start")
+        time.sleep(0.5)
+
+
 def bench_server(args, dirs: list[Path], texts: list[str], tok, pefts: dict) -> tuple[dict, dict]:
     """(serve results, PEFT mixed-batch results): rounds of PEFT's mixed batch and the server's concurrent
     clients, interleaved, then the soak."""
-    import httpx
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -281,16 +295,7 @@ def bench_server(args, dirs: list[Path], texts: list[str], tok, pefts: dict) -> 
                                            args=(args.random, args.dtype, [str(d) for d in dirs], port, args.threads))
     proc.start()
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or not proc.is_alive():
-                raise RuntimeError("the benchmark server did not start")
-            time.sleep(0.5)
+        wait_for_health(url, proc)
         jobs = [(f"a{i % ADAPTERS}", texts[i]) for i in range(32)]
         solo = {job: asyncio.run(concurrent(url, [job], args.new_tokens, args.client))[0][0] for job in jobs}
         runs: dict[str, list[dict]] = {f"c{n}": [] for n in (8, 32)}
