@@ -9,7 +9,7 @@ round prefills afresh and starts on the other build; the first 4 steps of a roun
 round differently, so the rows' tokens can drift apart between them: this measures time only (tests check the
 numbers).
 
-    python bench/kernels_ab.py --against HEAD [--rows 8 --rows 32] [--rounds 4] [--steps 56]
+    python bench/kernels_ab.py --against HEAD [--rows 8 --rows 32] [--rounds 4] [--steps 56] [--repeat 40]
 """
 
 from __future__ import annotations
@@ -57,10 +57,12 @@ def main() -> int:
     p.add_argument("--rows", type=int, action="append", help="requests in the batch (repeatable; default 8 and 32)")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--steps", type=int, default=56, help="decode steps per round")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="each prompt repeated this many times (~12 tokens each), for longer contexts")
     args = p.parse_args()
     model, tok = bench.base_model(False, "bfloat16")
-    texts = bench.prompts(32)
-    out: dict = {"against": args.against, "threads": torch.get_num_threads(), "rows": {}}
+    texts = [" ".join([t] * args.repeat) for t in bench.prompts(32)]
+    out: dict = {"against": args.against, "threads": torch.get_num_threads(), "repeat": args.repeat, "rows": {}}
     with tempfile.TemporaryDirectory() as tmp:
         libs = builds(args.against, Path(tmp))
         names = list(libs)
