@@ -366,9 +366,8 @@ class Engine:
             self.batch.add(cache, lengths)
         if carried:
             self.metrics.observe_batch(len(carried) + len(rows))
-        rows = carried + rows
-        self.running.extend(rows[len(carried) :])
-        self._emit(rows, logits)
+        self.running.extend(rows)
+        self._emit(carried + rows, logits)
         return bool(carried)
 
     def _mask_dtype(self) -> torch.dtype | None:
