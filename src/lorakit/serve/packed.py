@@ -105,8 +105,8 @@ def exact_counts(out_features: int, in_features: int, threads: int, rows: int, c
     """Those of `counts` for which, for a prepacked (out, in) bf16 weight on this machine, a product of m rows gives
     each row bit for bit what a `rows`-row product gives it (none when the `rows`-row product's own rows differ).
     A product may then take m rows instead of `rows`: for m < ROWS = rows, a decode step's products need no
-    padding (at 8 rows on SmolLM2: 19.0 against 22.6 ms for the 121 products); for m from PREFILL_ROWS to
-    PREFILL_MAX, a prefill takes fewer, larger products.
+    padding (at 8 rows on SmolLM2: 19.0 against 22.6 ms for the 121 products); for m from ROWS + 8 to
+    PREFILL_MAX, a prefill takes fewer, larger (or, from 40 to 56 rows, smaller) products.
 
     oneDNN picks its kernel by shape, row count and threads, never by the values, so one probe per shape decides.
     Random data would be a weak probe: a kernel that sums in another order changes only ~1e-4 of bf16 outputs
