@@ -275,9 +275,8 @@ class LeanLlama:
             block = self.blocks[layer]
             b = torch.zeros(total, block.widths[product])
             r0 = 0
-            for target, m in modules:
+            for (target, rank), (_, m) in zip(shape, modules, strict=True):
                 lo, hi = block.spans[target]
-                rank = m.lora_A[key].shape[0]
                 b[r0 : r0 + rank, lo:hi] = m.lora_B[key].detach().float().t() * m.scaling[key]
                 r0 += rank
             a = torch.cat([m.lora_A[key].detach().float() for _, m in modules]).t()
