@@ -268,6 +268,32 @@ async def soak(url: str, jobs: list[tuple[str, str]], solo: dict, new: int, seco
             "not_equal_to_solo": mismatches, "tokens_per_s": round(tokens / wall, 1)}
 
 
+@contextmanager
+def served(use_random: bool, dtype: str, dirs: list[Path], threads: int, source: str | None = None):
+    """(url, process) of a benchmark server (serve_process) on a free loopback port, answering /health; stopped
+    afterwards. `source`: a lorakit `src` folder the server process imports instead of this checkout's (a spawned
+    process starts with its parent's sys.path)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    saved = list(sys.path)
+    if source is not None:
+        sys.path.insert(0, source)
+    try:
+        proc = mp.get_context("spawn").Process(target=serve_process,
+                                               args=(use_random, dtype, [str(d) for d in dirs], port, threads))
+        proc.start()
+    finally:
+        sys.path[:] = saved
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_health(url, proc)
+        yield url, proc
+    finally:
+        proc.terminate()
+        proc.join(30)
+
+
 def wait_for_health(url: str, proc, seconds: float = 300) -> None:
     """Until the server at `url` answers /health (RuntimeError if its process `proc` dies or it takes too long)."""
     import httpx
@@ -287,15 +313,7 @@ def wait_for_health(url: str, proc, seconds: float = 300) -> None:
 def bench_server(args, dirs: list[Path], texts: list[str], tok, pefts: dict) -> tuple[dict, dict]:
     """(serve results, PEFT mixed-batch results): rounds of PEFT's mixed batch and the server's concurrent
     clients, interleaved, then the soak."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    proc = mp.get_context("spawn").Process(target=serve_process,
-                                           args=(args.random, args.dtype, [str(d) for d in dirs], port, args.threads))
-    proc.start()
-    try:
-        wait_for_health(url, proc)
+    with served(args.random, args.dtype, dirs, args.threads) as (url, proc):
         jobs = [(f"a{i % ADAPTERS}", texts[i]) for i in range(32)]
         solo = {job: asyncio.run(concurrent(url, [job], args.new_tokens, args.client))[0][0] for job in jobs}
         runs: dict[str, list[dict]] = {f"c{n}": [] for n in (8, 32)}
@@ -333,9 +351,6 @@ def bench_server(args, dirs: list[Path], texts: list[str], tok, pefts: dict) -> 
                        "requests_each": [x["requests"] for x in soaks], "errors": sum(x["errors"] for x in soaks),
                        "not_equal_to_solo": sum(x["not_equal_to_solo"] for x in soaks)}
         return out, peft
-    finally:
-        proc.terminate()
-        proc.join(30)
 
 
 # ---- the engine alone: resident adapter count and rank padding ----

@@ -16,8 +16,6 @@ import argparse
 import asyncio
 import io
 import json
-import multiprocessing as mp
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,27 +40,10 @@ def unpack(rev: str) -> str:
 
 def one_run(source: str | None, dirs: list[Path], jobs: list[tuple[str, str]], args) -> dict:
     """Start a server on `source` (None: this checkout), soak it, stop it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    saved = list(sys.path)
-    if source is not None:  # a spawned process starts with the parent's sys.path
-        sys.path.insert(0, source)
-    try:
-        proc = mp.get_context("spawn").Process(target=bench.serve_process,
-                                               args=(False, "bfloat16", [str(d) for d in dirs], port, 2))
-        proc.start()
-    finally:
-        sys.path[:] = saved
-    try:
-        bench.wait_for_health(url, proc)
+    with bench.served(False, "bfloat16", dirs, 2, source) as (url, _):
         solo = {job: asyncio.run(bench.concurrent(url, [job], 32))[0][0] for job in jobs}
         asyncio.run(bench.soak(url, jobs, solo, 32, 3, 32, pause=args.soak_pause))
         return asyncio.run(bench.soak(url, jobs, solo, 32, args.soak_seconds, 32, pause=args.soak_pause))
-    finally:
-        proc.terminate()
-        proc.join(30)
 
 
 def main() -> int:
