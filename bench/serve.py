@@ -347,9 +347,11 @@ def bench_server(args, dirs: list[Path], texts: list[str], tok, pefts: dict) -> 
             soaks.append(asyncio.run(soak(url, jobs, solo, args.new_tokens, args.soak_seconds, 32, args.client,
                                           args.soak_pause)))
             rss.append(rss_mb(proc.pid))
-        out["soak"] = {**soaks[-1], "rss_mb_before_and_after_each": rss,
-                       "requests_each": [x["requests"] for x in soaks], "errors": sum(x["errors"] for x in soaks),
-                       "not_equal_to_solo": sum(x["not_equal_to_solo"] for x in soaks)}
+        if soaks:  # --soaks 0: throughput rounds only
+            out["soak"] = {**soaks[-1], "rss_mb_before_and_after_each": rss,
+                           "requests_each": [x["requests"] for x in soaks],
+                           "errors": sum(x["errors"] for x in soaks),
+                           "not_equal_to_solo": sum(x["not_equal_to_solo"] for x in soaks)}
         return out, peft
 
 
