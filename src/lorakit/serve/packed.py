@@ -122,8 +122,8 @@ def exact_counts(out_features: int, in_features: int, threads: int, rows: int, c
         part[:, -1] = (-(part[:, :-1].float() @ x[:-1].float()) / x[-1].float()).to(torch.bfloat16)
     probe = Packed(w)
     xs = x[None].expand(max((*counts, rows)), -1).contiguous()
-    first = probe.product(xs[:rows])[:1]
-    if not bool((probe.product(xs[:rows]) == first).all()):
+    full = probe.product(xs[:rows])
+    first = full[:1]
+    if not bool((full == first).all()):
         return ()
     return tuple(m for m in counts if bool((probe.product(xs[:m]) == first).all()))
-
