@@ -80,6 +80,9 @@ def peft_saved(make, tmp_path, **kw):
         (tiny_llama, dict(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj", "embed_tokens"],
                           rank_pattern={"layers.1.self_attn.q_proj": 2}, alpha_pattern={"o_proj": 3},
                           use_rslora=True)),
+        (tiny_llama, dict(r=4, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")),
+        (tiny_llama, dict(r=2, lora_alpha=4, target_modules=["q_proj", "down_proj"], layers_to_transform=[1],
+                          layers_pattern="layers")),
         (tiny_gpt2, dict(r=2, lora_alpha=4, target_modules=["c_attn"], fan_in_fan_out=True, bias="all")),
         (tiny_bert, dict(r=4, lora_alpha=8, target_modules=["query", "value"], modules_to_save=["classifier"],
                          task_type="SEQ_CLS")),
@@ -158,11 +161,35 @@ def test_a_pickle_weights_file_is_refused_without_unpickling(saved):
         lorakit.load_adapter(tiny_llama(), saved)
 
 
-def test_a_config_with_unknown_keys_is_refused(saved):
-    cfg = json.loads((saved / "adapter_config.json").read_text())
-    cfg["lora_colour"] = "blue"
-    (saved / "adapter_config.json").write_text(json.dumps(cfg))
-    with pytest.raises(AdapterFileError, match=r"unknown keys \['lora_colour'\]"):
+def edit_config(directory, **changes) -> None:
+    cfg = json.loads((directory / "adapter_config.json").read_text())
+    (directory / "adapter_config.json").write_text(json.dumps({**cfg, **changes}))
+
+
+@pytest.mark.parametrize("off", [None, False, "", [], {}])
+def test_a_future_peft_key_that_is_off_is_ignored(saved, off, ids):
+    expected = tiny_llama()
+    lorakit.load_adapter(expected, saved)
+    edit_config(saved, lora_future_feature=off)
+    model = tiny_llama()
+    lorakit.load_adapter(model, saved)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, expected(ids).logits)
+
+
+def test_a_future_peft_key_that_is_on_is_refused_with_its_name_and_value(saved):
+    edit_config(saved, lora_colour="blue", lora_future_feature={"k": 2})
+    with pytest.raises(AdapterFileError) as e:
+        lorakit.load_adapter(tiny_llama(), saved)
+    assert "unknown key lora_colour='blue'" in str(e.value)
+    assert "unknown key lora_future_feature={'k': 2}" in str(e.value)
+
+
+def test_a_known_feature_that_changes_the_math_is_refused_only_when_on(saved):
+    edit_config(saved, lora_bias=False, layer_replication=None, trainable_token_indices=[])
+    lorakit.load_adapter(tiny_llama(), saved)
+    edit_config(saved, lora_bias=True)
+    with pytest.raises(AdapterFileError, match="lora_bias=True: LoRA bias terms is not supported"):
         lorakit.load_adapter(tiny_llama(), saved)
 
 
@@ -198,8 +225,6 @@ def test_mismatched_shapes_are_listed_and_nothing_changes(saved, ids):
 
 
 def test_dora_and_other_non_lora_files_are_refused(saved):
-    cfg = json.loads((saved / "adapter_config.json").read_text())
-    cfg["use_dora"] = True
-    (saved / "adapter_config.json").write_text(json.dumps(cfg))
+    edit_config(saved, use_dora=True)
     with pytest.raises(AdapterFileError, match="DoRA is not supported"):
         lorakit.load_adapter(tiny_llama(), saved)

@@ -8,6 +8,7 @@ and PREFIX_TUNING (a key/value prefix at every layer), both a single `prompt_emb
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -33,44 +34,59 @@ PROMPT_KEY = "prompt_embeddings"
 PROMPT_HEAD_PREFIX = "base_model."
 LORA_KEY = re.compile(r"(.+)\.(lora_A|lora_B)\.weight|(.+)\.(lora_embedding_A|lora_embedding_B)")
 MAGNITUDE_SUFFIX = ".lora_magnitude_vector"  # DoRA's m (out,) of a module; PEFT's own key adds ".default.weight"
-# Keys PEFT (0.x up to 0.21) writes in a LoRA adapter_config.json. Anything else is refused as unknown.
+# Keys of a LoRA adapter_config.json whose meaning lorakit knows: read when loading, or without effect on what a
+# saved adapter computes (training-time settings, initialisation recipes, bookkeeping). The weights file, not
+# target_modules or layers_to_transform, says which modules carry factors.
 KNOWN_KEYS = {
     "peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping", "r",
     "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "fan_in_fan_out", "bias", "use_rslora",
     "modules_to_save", "init_lora_weights", "layers_to_transform", "layers_pattern", "rank_pattern",
-    "alpha_pattern", "megatron_config", "megatron_core", "loftq_config", "eva_config", "corda_config", "use_dora",
-    "layer_replication", "runtime_config", "lora_bias", "target_parameters", "trainable_token_indices",
-    "ensure_weight_tying", "use_qalora", "qalora_group_size", "alora_invocation_tokens", "arrow_config",
-    "lora_ga_config", "kasa_config", "monteclora_config", "velora_config", "use_bdlora", "peft_version",
-    "enable_lora",
+    "alpha_pattern", "megatron_config", "megatron_core", "loftq_config", "eva_config", "corda_config",
+    "astra_config", "lora_ga_config", "use_dora", "runtime_config", "ensure_weight_tying", "qalora_group_size",
+    "peft_version", "enable_lora",
 }
-# Features that change the math; loading such a file as plain LoRA would give wrong outputs. (DoRA loads through
-# lorakit.methods.load_dora.)
+# Features that change the math; loading such a file as plain LoRA would give wrong outputs. Each is refused
+# unless it holds PEFT's "off" value. (DoRA loads through lorakit.methods.load_dora.)
 UNSUPPORTED = {
     "use_qalora": "QALoRA", "use_bdlora": "BD-LoRA", "lora_bias": "LoRA bias terms",
     "layer_replication": "layer replication", "target_parameters": "parameter targeting",
     "trainable_token_indices": "trainable tokens", "alora_invocation_tokens": "aLoRA", "arrow_config": "Arrow",
     "kasa_config": "KaSA", "monteclora_config": "MonteCLoRA", "velora_config": "VeLoRA",
 }
+OFF = (None, False, "", [], {})
+"""Values that leave a PEFT feature off: a key lorakit does not know is ignored when it holds one of them."""
+# init_lora_weights values that subtract the initial factors from the base weights: unless PEFT converted the
+# adapter when saving it (which writes init_lora_weights true), it fits only the residual base saved with it.
+RESIDUAL_INITS = ("pissa", "olora", "corda", "astra", "loftq")
+
+log = logging.getLogger(__name__)
 
 
 def check_config(config: dict, path: Path, dora: bool = False) -> None:
-    """Refuse configs that are not plain LoRA (or, with `dora`, not DoRA), name unknown keys, or carry wrong types;
-    list every problem."""
+    """Refuse configs that are not plain LoRA (or, with `dora`, not DoRA), that switch on a feature lorakit cannot
+    compute, or that carry wrong types; list every problem.
+
+    A key lorakit does not know (written by a newer PEFT) is ignored while it is off (null, false, empty) and
+    refused, with its name and value, otherwise: it may change what the adapter computes.
+    """
     problems: list[str] = []
     if config.get("peft_type") != "LORA":
         problems.append(f"peft_type is {config.get('peft_type')!r}; lorakit loads LoRA adapters (peft_type 'LORA')")
-    unknown = sorted(set(config) - KNOWN_KEYS)
-    if unknown:
-        problems.append(f"unknown keys {unknown} (written by a newer PEFT, or not a LoRA config)")
+    for key in sorted(set(config) - KNOWN_KEYS - set(UNSUPPORTED)):
+        if config[key] in OFF:
+            log.debug("%s: ignoring %s=%r, a key lorakit does not know, since it is off", path, key, config[key])
+        else:
+            problems.append(f"unknown key {key}={config[key]!r} (written by a newer PEFT?): it may change the "
+                            "adapter's outputs, so lorakit refuses it; upgrade lorakit, or set it to null if it "
+                            "does not apply")
     if dora and config.get("use_dora") is not True:
         problems.append(f"use_dora is {config.get('use_dora')!r}, so this is not a DoRA adapter; load it with "
                         "lorakit.load_adapter")
     elif not dora and config.get("use_dora") not in (None, False):
-        problems.append(f"use_dora={config['use_dora']!r}: DoRA is not supported by load_adapter, serving or "
-                        "merging (plain LoRA only); load it with lorakit.methods.load_dora, which runs it unmerged")
+        problems.append(f"use_dora={config['use_dora']!r}: DoRA is not supported by load_adapter or serving "
+                        "(plain LoRA only); load it with lorakit.methods.load_dora, which runs it unmerged")
     for key, what in UNSUPPORTED.items():
-        if config.get(key) not in (None, False, [], {}, ""):
+        if config.get(key) not in OFF:
             problems.append(f"{key}={config[key]!r}: {what} is not supported by lorakit")
     r = config.get("r")
     if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
@@ -85,6 +101,11 @@ def check_config(config: dict, path: Path, dora: bool = False) -> None:
             problems.append(f"{key} must be a JSON object")
     if problems:
         raise AdapterFileError(f"{path} cannot be loaded:\n  - " + "\n  - ".join(problems))
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(RESIDUAL_INITS):
+        log.warning("%s: init_lora_weights is %r, which changes the base weights when training starts; the adapter "
+                    "gives its trained outputs only on the residual base model saved with it (or save it with "
+                    "PEFT's path_initial_model_for_weight_conversion to get a plain LoRA)", path, init)
 
 
 def pattern_value(pattern: dict, path: str, default):
