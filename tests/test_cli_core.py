@@ -65,3 +65,20 @@ def test_merge_refuses_an_adapter_for_another_model(model_dir, tmp_path, capsys)
                  "--out", str(tmp_path / "m")]) == 2
     assert "different base model" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_merge_refuses_a_non_empty_out_directory_unless_overwrite(model_dir, tmp_path, capsys):
+    model = lorakit.inject(tiny_llama(), lorakit.LoraConfig(rank=2))
+    randomize(model)
+    lorakit.save_adapter(model, tmp_path / "adapter")
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    args = ["merge", "--model", str(model_dir), "--adapter", str(tmp_path / "adapter"), "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "precious is not empty" in err and "--overwrite" in err
+    assert (out / "notes.txt").read_text() == "mine"
+    assert main([*args, "--overwrite"]) == 0
+    assert not (out / "notes.txt").exists() and (out / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "base", "precious"]

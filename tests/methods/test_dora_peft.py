@@ -184,17 +184,18 @@ def test_dora_cannot_be_combined_or_merged_over_another_merged_adapter(ids):
 
 
 def test_lorakit_merge_writes_a_plain_model_from_a_dora_adapter(tmp_path, ids):
-    from lorakit.merged import merge_to_directory
+    from transformers import AutoModelForCausalLM
+
+    from lorakit.cli import main
 
     make, model, export = trained_dora("llama")
     export.write(model, tmp_path / "adapter")
     base = make()
     base.save_pretrained(tmp_path / "base")
     tiny_tokenizer().save_pretrained(tmp_path / "base")
-    out = merge_to_directory(str(tmp_path / "base"), tmp_path / "adapter", tmp_path / "merged", kind="causal-lm")
-    from transformers import AutoModelForCausalLM
-
-    plain = AutoModelForCausalLM.from_pretrained(out)
+    assert main(["merge", "--model", str(tmp_path / "base"), "--adapter", str(tmp_path / "adapter"),
+                 "--out", str(tmp_path / "merged")]) == 0
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     with torch.no_grad():
         torch.testing.assert_close(plain(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
 

@@ -14,7 +14,6 @@ import itertools
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from lorakit.core.atomic import atomic_write
 from lorakit.core.config import LoraConfig
 from lorakit.core.errors import AdapterFileError
 from lorakit.core.inject import inject_factors, set_trainable, state_of, wrappers
@@ -32,21 +32,6 @@ from lorakit.core.layers_extra import SavedModule
 
 LORAKIT_FILE = "lorakit.json"
 PREFIX = "base_model.model."
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write bytes to `path` via a temp file in the same directory and os.replace, so readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def fingerprint(model: nn.Module) -> dict:
