@@ -57,3 +57,19 @@ def test_a_bad_override_is_reported_before_any_model_loads(tmp_path: Path) -> No
     with pytest.raises(ConfigError) as error:
         run_cli(train_cli, ["--train.lr", "fast", "--lora.rank", "0", "--model.name", str(tmp_path / "missing")])
     assert "train.lr" in str(error.value) and "lora.rank" in str(error.value)
+
+
+@pytest.mark.parametrize("header,rows", [("MR", ['"name[A], food[Thai]"']),
+                                         ("mr,ref", ['"name[A], food[Thai]",A serves Thai food.'])])
+def test_training_data_without_references_is_refused_before_any_model_loads(tmp_path, header, rows) -> None:
+    from lorakit.data import DataError
+
+    data = tmp_path / "e2e"
+    data.mkdir()
+    (data / "trainset.csv").write_text("\n".join([header, *rows * 8]) + "\n")
+    (data / "devset.csv").write_text('MR\n"name[B], food[Thai]"\n')  # no ref column: as testset.csv
+    args = ["--data.task", "e2e", "--data.train", str(data), "--model.name", str(tmp_path / "missing"),
+            "--run_dir", str(tmp_path / "run"), "--no-progress"]
+    with pytest.raises(DataError, match="has no references.*no 'ref' column"):
+        run_cli(train_cli, args)
+    assert not (tmp_path / "run").exists()

@@ -5,7 +5,7 @@ from lorakit.data.errors import DataError
 from lorakit.data.glue import GLUE_TASKS, GlueTask, glue_task, read_glue
 from lorakit.data.instruct import instruct_prompt, read_instruct
 from lorakit.data.jsonl import read_jsonl
-from lorakit.data.records import LabeledText, TextPair
+from lorakit.data.records import LabeledText, TextPair, require_completions
 from lorakit.data.tokenize import (
     IGNORE_INDEX,
     Example,
@@ -34,6 +34,7 @@ __all__ = [
     "read_glue",
     "read_instruct",
     "read_jsonl",
+    "require_completions",
     "tokenize_labeled",
     "tokenize_pairs",
 ]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+from lorakit.data.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -25,3 +29,14 @@ class LabeledText:
     text: str
     text_pair: str | None
     label: int
+
+
+def require_completions(pairs: Sequence[TextPair], source: str | Path) -> None:
+    """Refuse generation records without a completion: a model trained on them learns to write nothing."""
+    empty = sum(not p.completion.strip() for p in pairs)
+    if empty == len(pairs):
+        raise DataError(f"{source} has no references (completions): every record is an input only, as in E2E's "
+                        "testset.csv, which has no 'ref' column. Train on data with references (trainset.csv, "
+                        "devset.csv); score inputs-only files with lorakit eval")
+    if empty:
+        raise DataError(f"{source}: {empty} of {len(pairs)} records have an empty completion; fill or remove them")

@@ -32,12 +32,12 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> Tra
     run = Path(config.run_dir)
     _check_run_dir(run, config, resume)
     kind, num_labels = tasks.model_kind(config.data)
+    train_records = tasks.read_split(config.data, "train")  # read first: a data error costs no model load
+    dev_records = tasks.read_split(config.data, "dev")
     # Seeds the LoRA A matrices and any fresh classifier head; a resumed run overwrites both from its checkpoint.
     torch.manual_seed(config.train.seed)
     model, tokenizer = load(config.model.name, kind=kind, num_labels=num_labels)
     export = _with_tokenizer(METHODS[config.method](model, config), tokenizer)
-    train_records = tasks.read_split(config.data, "train")
-    dev_records = tasks.read_split(config.data, "dev")
     train_examples = tasks.tokenize(config.data, train_records, tokenizer)
     dev_examples = tasks.tokenize(config.data, dev_records, tokenizer) if dev_records else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -12,6 +12,7 @@ from lorakit.data import (
     read_glue,
     read_instruct,
     read_jsonl,
+    require_completions,
     tokenize_labeled,
     tokenize_pairs,
 )
@@ -31,7 +32,8 @@ def model_kind(data: DataConfig) -> tuple[str, int | None]:
 
 
 def read_split(data: DataConfig, split: str) -> list | None:
-    """The records of 'train' or 'dev' (TextPair or LabeledText), cut to the configured limit; None if absent."""
+    """The records of 'train' or 'dev' (TextPair or LabeledText), cut to the configured limit; None if absent.
+    Generation records without a completion are refused: there is nothing to learn or to compute a loss on."""
     path = data.train if split == "train" else data.dev
     limit = data.train_limit if split == "train" else data.dev_limit
     if path is None:
@@ -48,7 +50,10 @@ def read_split(data: DataConfig, split: str) -> list | None:
         records = read_instruct(path)
     else:
         records = read_jsonl(path)
-    return records[:limit] if limit else records
+    records = records[:limit] if limit else records
+    if data.task != "glue":
+        require_completions(records, path)
+    return records
 
 
 def tokenize(data: DataConfig, records: list, tokenizer: PreTrainedTokenizerBase) -> list[Example]:
