@@ -13,7 +13,7 @@ from tinytrain import tiny_llama, tiny_pairs, tiny_tokenizer
 import lorakit
 from lorakit.data import tokenize_pairs
 from lorakit.train import TrainConfig, TrainingError, fit
-from lorakit.train.checkpoint import checkpoints
+from lorakit.train.checkpoint import CheckpointError, DamagedCheckpointWarning, checkpoints
 
 PAD = 3
 
@@ -62,6 +62,37 @@ def test_resuming_a_killed_run_reproduces_every_later_loss(tmp_path: Path) -> No
     logged = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if r["split"] == "train"] == list(range(1, 13))
     assert resumed.best == pytest.approx(whole.best, abs=1e-6)
+
+
+@pytest.mark.parametrize("damaged", ["trainable.safetensors", "optimizer.pt", "state.json",
+                                     "adapter/adapter_model.safetensors"])
+def test_resume_skips_a_truncated_newest_checkpoint_names_the_file_and_continues_from_the_older_one(
+    tmp_path: Path, damaged: str
+) -> None:
+    train, dev = examples(40), examples(8, 1)
+    whole = fit(lora_model(), train, CONFIG, dev, tmp_path / "whole", pad_id=PAD, progress=False)
+
+    def kill_at_step_8(record: dict) -> None:
+        if record["split"] == "train" and record["step"] == 8:
+            raise SimulatedKill
+
+    with pytest.raises(SimulatedKill):
+        fit(lora_model(), train, CONFIG, dev, tmp_path / "run", pad_id=PAD, progress=False, on_log=kill_at_step_8)
+    newest = checkpoints(tmp_path / "run")[-1]
+    data = (newest / damaged).read_bytes()
+    (newest / damaged).write_bytes(data[: len(data) // 2])
+    with pytest.warns(DamagedCheckpointWarning, match=rf"step-00000006 is damaged: {damaged} is .* bytes.*"
+                                                      r"resuming from step-00000003"):
+        resumed = fit(lora_model(), train, CONFIG, dev, tmp_path / "run", pad_id=PAD, progress=False, resume=True)
+    expected, got = train_losses(whole.records), train_losses(resumed.records)
+    for step in range(4, 13):
+        assert abs(got[step] - expected[step]) < 1e-6, (step, got[step], expected[step])
+
+    for path in checkpoints(tmp_path / "run"):  # one byte changed: the size still matches, the hash does not
+        text = (path / "state.json").read_text()
+        (path / "state.json").write_text(text.replace('"step": ', '"step":0'))
+    with pytest.raises(CheckpointError, match=r"(?s)no intact checkpoint.*state.json does not hold the bytes"):
+        fit(lora_model(), train, CONFIG, dev, tmp_path / "run", pad_id=PAD, progress=False, resume=True)
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:

@@ -93,9 +93,9 @@ def fit(
         _enable_checkpointing(model)
     optimizer = _optimizer(model, config)
     state: dict[str, Any] = {"step": 0, "best": None, "best_step": None}
-    saved = checkpoint.checkpoints(run)[-1:] if resume and run is not None else []
-    if saved:
-        state = checkpoint.restore(saved[0], model, optimizer)
+    saved = checkpoint.newest_valid(run) if resume and run is not None else None
+    if saved is not None:
+        state = checkpoint.restore(saved, model, optimizer)
     step = state["step"]
     log = RunLog(run if where.is_main else None, config.steps, step, progress and where.is_main)
     train_model = distributed.wrap(model, where)
