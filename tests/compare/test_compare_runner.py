@@ -113,6 +113,33 @@ def test_an_unfinished_run_resumes_from_its_checkpoint_instead_of_retraining(set
     assert steps(again) == steps(first)
 
 
+def test_sigterm_stops_compare_after_a_checkpoint_with_exit_143_and_the_same_command_continues(
+    setup, tmp_path, monkeypatch
+):
+    import os
+    import signal
+
+    from lorakit.cli import main
+    from lorakit.compare.runner import Timeline
+
+    record = Timeline.record
+
+    def terminate_at_step_1(self, entry):
+        record(self, entry)
+        if entry["split"] == "train" and entry["step"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # caught by the loop's handler: it stops after this step
+
+    argv = ["compare", "--model", str(setup / "gpt2"), "--task", "e2e", "--data", str(setup / "e2e"), "--out",
+            str(tmp_path), "--methods", "lora", "--steps", "4", "--eval-every", "2", "--seeds", "1", "--batch-size",
+            "4", "--generate-limit", "2", "--curve-inputs", "2", "--beams", "1", "--dev-limit", "4", "--targets",
+            "c_attn", "--no-latency", "--quiet"]
+    monkeypatch.setattr(Timeline, "record", terminate_at_step_1)
+    assert main(argv) == 128 + signal.SIGTERM
+    assert not (tmp_path / "results.json").exists()
+    monkeypatch.setattr(Timeline, "record", record)
+    assert main(argv) == 0 and (tmp_path / "results.json").is_file()
+
+
 def test_unknown_methods_are_listed_with_the_known_ones(setup, tmp_path):
     with pytest.raises(ConfigError, match="unknown method 'lorra'; known methods are full, ft-top2, bitfit"):
         run(setup, tmp_path, "--methods", "lora,lorra")

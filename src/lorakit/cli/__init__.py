@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from lorakit.core.errors import LoraError
+from lorakit.core.errors import Interrupted, LoraError
 
 # Subcommand name -> module under lorakit.cli. Imported lazily so `lorakit info` never pays for fastapi, etc.
 COMMANDS = {
@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
+    except Interrupted as e:
+        print(f"lorakit {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signal
     except LoraError as e:
         print(f"lorakit {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 
 from lorakit.train.config import SECTIONS, RunConfig, field_help
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if result.stopped == "interrupted":
         print(f"interrupted at step {result.steps}; checkpoint written to {config.run_dir}/checkpoints. Continue "
               "with the same command plus --resume.", file=sys.stderr)
-        return 130
+        return 128 + (result.signal or signal.SIGINT)  # 130 after SIGINT, 143 after SIGTERM, as shells report
     summary = [f"done: {result.steps} steps"]
     if result.loss is not None:
         summary.append(f"last loss {result.loss:.4f}")

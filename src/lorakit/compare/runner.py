@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import signal
 import statistics
 import time
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from torch import nn
 
 from lorakit.compare.config import CompareConfig
 from lorakit.core.config import LoraConfig
-from lorakit.core.errors import ConfigError
+from lorakit.core.errors import ConfigError, Interrupted
 from lorakit.core.io import atomic_write
 from lorakit.methods import ALL, trainable_count
 from lorakit.models import resolve_device
@@ -129,7 +130,8 @@ def run_one(config: CompareConfig, prepared: Prepared, base: nn.Module, tokenize
     result = fit(model, prepared.train, rc.train, prepared.dev, run_dir, pad_id=prepared.pad_id, export=export,
                  evaluate=evaluate, resume=resume, progress=progress, on_log=timeline.record)
     if result.stopped == "interrupted":
-        raise KeyboardInterrupt
+        raise Interrupted(f"interrupted during {run_dir} at step {result.steps}; its checkpoint is saved, and the "
+                          "same command continues it", result.signal or signal.SIGINT)
     final = dict(next(r for r in reversed(result.records) if r["split"] == "dev"))
     final.pop("step")
     final.pop("split")

@@ -23,3 +23,11 @@ class AdapterFileError(LoraError, ValueError):
 
 class MergeError(LoraError, RuntimeError):
     """Merging would produce non-finite weights, or the model is in a state that forbids it."""
+
+
+class Interrupted(LoraError):
+    """A long job stopped on a signal after saving what it had done; rerunning it resumes."""
+
+    def __init__(self, message: str, signal: int) -> None:
+        super().__init__(message)
+        self.signal = signal

@@ -51,6 +51,8 @@ class TrainResult:
     best_step: int | None
     stopped: Literal["completed", "interrupted"]
     """interrupted: SIGINT/SIGTERM arrived; a checkpoint was written (when there is a run_dir)."""
+    signal: int | None
+    """The signal that interrupted the run (SIGINT or SIGTERM), else None."""
     records: tuple[dict[str, Any], ...]
     """Every metrics record of the run: {"step", "split": "train"|"dev", ...}."""
     run_dir: Path | None
@@ -129,6 +131,7 @@ def fit(
             if run is not None and where.is_main:
                 checkpoint.save_export(run / "best", model, export, {"step": step, config.best_metric: value})
 
+    stopped_by: int | None = None
     try:
         with _stop_on_signals() as stop:
             model.train()
@@ -156,8 +159,8 @@ def fit(
                     # DDP averages gradients over processes; times world makes them the global mean's gradient.
                     (micro_loss * where.world / labels_total).backward()
                     loss_sum += micro_loss.detach()
-                reduced = distributed.sum_all(torch.stack([loss_sum, torch.tensor(float(stop()), device=where.device)]),
-                                              where)
+                asked = torch.tensor(float(stop() is not None), device=where.device)
+                reduced = distributed.sum_all(torch.stack([loss_sum, asked]), where)
                 loss_value = reduced[0].item() / labels_total
                 params = [p for p in model.parameters() if p.requires_grad]
                 grad_norm = float(nn.utils.clip_grad_norm_(params, config.max_grad_norm or math.inf))
@@ -182,6 +185,8 @@ def fit(
                     model.train()
                 if reduced[1].item() > 0:
                     interrupted = True
+                    # Another process's signal stops this one too; SIGTERM is what its launcher relays.
+                    stopped_by = stop() or signal.SIGTERM
                     break
                 if config.save_every and step % config.save_every == 0 and step < config.steps:
                     save_checkpoint()
@@ -195,7 +200,7 @@ def fit(
     return TrainResult(
         steps=step, loss=loss_value, best=state["best"], best_step=state["best_step"],
         stopped="interrupted" if interrupted else "completed", records=tuple(log.records), run_dir=run,
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started, signal=stopped_by,
     )
 
 
@@ -333,9 +338,9 @@ def _check_sizes(n_examples: int, config: TrainConfig, world: int) -> None:
 
 
 @contextmanager
-def _stop_on_signals() -> Iterator[Callable[[], bool]]:
+def _stop_on_signals() -> Iterator[Callable[[], int | None]]:
     """While training, SIGINT and SIGTERM ask the loop to stop after the current step (and checkpoint);
-    a second SIGINT stops at once. Yields a function that says whether a stop was asked."""
+    a second SIGINT stops at once. Yields a function that returns the first signal received, or None."""
     asked: list[int] = []
 
     def handle(signum: int, frame: Any) -> None:
@@ -348,7 +353,7 @@ def _stop_on_signals() -> Iterator[Callable[[], bool]]:
     except ValueError:  # not the main thread: signals cannot be caught here, so leave them alone
         previous = {}
     try:
-        yield lambda: bool(asked)
+        yield lambda: asked[0] if asked else None
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
