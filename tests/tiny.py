@@ -15,7 +15,7 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from lorakit.core.inject import wrappers
+from lorakit.core.state import wrappers
 
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:

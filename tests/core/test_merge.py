@@ -12,8 +12,8 @@ from torch import nn
 import lorakit
 from lorakit import LoraConfig, MergeError
 from lorakit.core import kernel
-from lorakit.core.inject import wrappers
 from lorakit.core.merge import delta_weight
+from lorakit.core.state import wrappers
 
 CASES = [
     (tiny_llama, LoraConfig(rank=4, alpha=8, targets="all-linear")),

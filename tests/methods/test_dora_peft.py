@@ -14,8 +14,8 @@ from tiny import randomize, tiny_gpt2, tiny_llama, tiny_tokenizer
 
 import lorakit
 from lorakit import AdapterFileError, ConfigError, LoraConfig, MergeError
-from lorakit.core.inject import wrappers
 from lorakit.core.layers import MAGNITUDE
+from lorakit.core.state import wrappers
 from lorakit.methods import ALL, load_dora, load_method
 from lorakit.train.config import RunConfig
 

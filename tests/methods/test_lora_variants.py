@@ -9,9 +9,9 @@ import torch
 from tiny import randomize, tiny_gpt2, tiny_llama
 
 from lorakit.core.config import LoraConfig
-from lorakit.core.inject import wrappers
 from lorakit.core.layers import MAGNITUDE
 from lorakit.core.merge import delta_weight
+from lorakit.core.state import wrappers
 from lorakit.methods import ALL
 from lorakit.train.config import RunConfig
 

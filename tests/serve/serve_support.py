@@ -18,7 +18,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import lorakit
-from lorakit.core.inject import wrappers
+from lorakit.core.state import wrappers
 from lorakit.serve.app import create_app
 from lorakit.serve.engine import Engine
 from lorakit.serve.pool import AdapterPool

@@ -10,7 +10,7 @@ import torch
 from serve_support import make_adapters, save_adapter, tiny_model
 
 import lorakit
-from lorakit.core.inject import state_of
+from lorakit.core.state import state_of
 from lorakit.serve.pool import AdapterPool, PoolError
 
 

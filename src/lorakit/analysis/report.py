@@ -19,9 +19,9 @@ from lorakit.analysis.amplification import amplification
 from lorakit.analysis.spectrum import effective_rank_of, energy_rank_of
 from lorakit.analysis.subspace import similarity_grid
 from lorakit.core.errors import ConfigError
-from lorakit.core.inject import wrappers
 from lorakit.core.io import atomic_write
 from lorakit.core.merge import delta_weight
+from lorakit.core.state import wrappers
 from lorakit.core.targets import layer_index
 
 Matrix = tuple[int | None, str]

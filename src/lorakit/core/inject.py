@@ -10,37 +10,12 @@ from torch import nn
 
 from lorakit.core.config import LoraConfig
 from lorakit.core.errors import AdapterError, ConfigError, TargetError
-from lorakit.core.layers import LoraLinear, is_wrapper, put_adapter
-from lorakit.core.layers_extra import LoraConv2d, LoraEmbedding, SavedModule
+from lorakit.core.layers import LoraConv2d, LoraEmbedding, LoraLinear, SavedModule, put_adapter
 from lorakit.core.params import adapter_report
-from lorakit.core.state import ATTR, AdapterState
+from lorakit.core.state import ATTR, AdapterState, is_wrapper, state_of, wrappers
 from lorakit.core.targets import describe, find_targets, kind_of, matches, plain_modules
 
 _WRAPPERS = {"Linear": LoraLinear, "Conv1D": LoraLinear, "Embedding": LoraEmbedding, "Conv2d": LoraConv2d}
-
-
-def state_of(model: nn.Module) -> AdapterState:
-    """The AdapterState of a wrapped model; AdapterError if the model has no adapters."""
-    state = getattr(model, ATTR, None)
-    if state is None:
-        raise AdapterError("this model has no lorakit adapters; call lorakit.inject or lorakit.load_adapter first")
-    return state
-
-
-def wrappers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """(name, wrapper) for every lorakit wrapper in the model.
-
-    Cached against the registry's version (every inject, load and delete bumps it): walking all modules of a
-    30-layer model costs about a millisecond, more than a merge's arithmetic.
-    """
-    state = getattr(model, ATTR, None)
-    if state is None:
-        return ((n, m) for n, m in model.named_modules() if is_wrapper(m))
-    cached = getattr(state, "_wrappers", None)
-    if cached is None or cached[0] != state.version:
-        cached = (state.version, [(n, m) for n, m in model.named_modules() if is_wrapper(m)])
-        state._wrappers = cached
-    return iter(cached[1])
 
 
 def inject(model: nn.Module, config: LoraConfig, name: str = "default", verbose: bool = False) -> nn.Module:

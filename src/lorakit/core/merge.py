@@ -16,8 +16,8 @@ from torch import nn
 from lorakit.core import kernel
 from lorakit.core.config import LoraConfig
 from lorakit.core.errors import AdapterError, MergeError
-from lorakit.core.inject import state_of, wrappers
 from lorakit.core.layers import MAGNITUDE, WHOLE, Part, apply_delta, put_adapter
+from lorakit.core.state import state_of, wrappers
 
 
 def lora_layers(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from lorakit.core.state import wrappers
+
 
 @dataclass(frozen=True)
 class ModuleRow:
@@ -55,8 +57,6 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 def adapter_report(model: nn.Module, name: str) -> Report:
     """The Report for adapter `name` on a wrapped model."""
-    from lorakit.core.inject import wrappers
-
     rows: list[ModuleRow] = []
     adapter_params = 0
     for path, module in wrappers(model):

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from torch import nn
 
 from lorakit.core.errors import TargetError
-from lorakit.core.layers import is_wrapper
+from lorakit.core.state import is_wrapper
 
 ALL_LINEAR = "all-linear"
 SUPPORTED = ("Linear", "Conv1D", "Embedding", "Conv2d")

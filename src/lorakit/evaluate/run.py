@@ -129,9 +129,9 @@ def load_weights(model: nn.Module, directory: str | Path) -> None:
     """Put a trained adapter directory onto `model` (a fresh base) in place: a lorakit method's through
     lorakit.methods.load_method, merging the LoRA family's ΔW where merge is defined (MERGEABLE); any other
     directory as a PEFT LoRA adapter, merged."""
-    from lorakit.core.inject import state_of
     from lorakit.core.io import load_adapter
     from lorakit.core.merge import merge
+    from lorakit.core.state import state_of
     from lorakit.methods import load_method
     from lorakit.methods.files import METHOD_FILE
 

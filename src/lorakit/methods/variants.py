@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.core.errors import AdapterError, ConfigError, MergeError
-from lorakit.core.inject import inject, wrappers
+from lorakit.core.inject import inject
 from lorakit.core.layers import MAGNITUDE, LoraLinear, apply_delta
 from lorakit.core.merge import row_norm
+from lorakit.core.state import wrappers
 from lorakit.methods.blocks import head_names
 from lorakit.methods.options import method_info
 from lorakit.methods.prefix import ATTRIBUTE as PREFIX

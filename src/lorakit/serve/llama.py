@@ -63,9 +63,8 @@ from torch import nn
 
 from lorakit.core import kernel
 from lorakit.core.errors import AdapterError
-from lorakit.core.inject import wrappers
 from lorakit.core.layers import MAGNITUDE, LoraLinear
-from lorakit.core.state import ATTR
+from lorakit.core.state import ATTR, wrappers
 from lorakit.serve.kv import SlotCache
 from lorakit.serve.packed import PREFILL_MAX, PREFILL_ROWS, ROWS, Packed, exact_counts
 from lorakit.serve.rope import RopeTable

@@ -24,11 +24,11 @@ from torch import nn
 from lorakit.core.atomic import atomic_write
 from lorakit.core.config import LoraConfig
 from lorakit.core.errors import AdapterFileError
-from lorakit.core.inject import inject_factors, set_trainable, state_of, wrappers
+from lorakit.core.inject import inject_factors, set_trainable
 from lorakit.core.io import peft as peft_keys
 from lorakit.core.io.peft import CONFIG_FILE, WEIGHTS_FILE
-from lorakit.core.layers import MAGNITUDE
-from lorakit.core.layers_extra import SavedModule
+from lorakit.core.layers import MAGNITUDE, SavedModule
+from lorakit.core.state import state_of, wrappers
 
 LORAKIT_FILE = "lorakit.json"
 PREFIX = "base_model.model."

@@ -22,8 +22,8 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from lorakit.core.errors import AdapterFileError
-from lorakit.core.layers import is_wrapper
-from lorakit.core.layers_extra import LoraEmbedding, SavedModule
+from lorakit.core.layers import LoraEmbedding, SavedModule
+from lorakit.core.state import is_wrapper
 from lorakit.core.targets import kind_of, matches
 
 CONFIG_FILE = "adapter_config.json"
