@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent / "serve"))
 sys.path.insert(0, str(Path(__file__).parent / "train"))
 
 import serve_support  # noqa: E402
-from test_cli_train import run_cli  # noqa: E402
+from commands import run_cli  # noqa: E402
 from tiny import randomize, tiny_bert, tiny_gpt2, tiny_llama  # noqa: E402
 from tinytrain import jsonl_data, model_dir  # noqa: E402, F401  (pytest fixtures, used by name)
 
@@ -214,7 +214,7 @@ def test_a_killed_gpu_run_resumes_with_the_same_losses_on_the_gpu_and_on_the_cpu
     from lorakit.train import fit
 
     train, dev = examples(40), examples(8, 1)
-    config = dataclasses.replace(CONFIG, device="cuda")
+    config = CONFIG.model_copy(update={"device": "cuda"})
 
     def kill_at_step_8(record):
         if record["split"] == "train" and record["step"] == 8:

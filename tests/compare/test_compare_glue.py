@@ -1,21 +1,18 @@
-"""`lorakit compare --task glue` end to end on a tiny BERT and a tiny SST-2-shaped set: accuracy per method and seed,
-the reports, and `lorakit eval` on a run's weights."""
+"""`lorakit compare --data.task glue` end to end on a tiny BERT and a tiny SST-2-shaped set: accuracy per method and
+seed, the reports, and `lorakit eval` on a run's weights."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from pathlib import Path
 
 import pytest
 import torch
+from commands import run_cli
 from tiny import tiny_bert
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import BertForSequenceClassification, PreTrainedTokenizerFast
-
-from lorakit.cli import compare as cli
-from lorakit.cli import eval as eval_cli
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "food", "was", "good", "bad", "very", "service", "a", "pub",
          "not", "great", "awful", "in", "city", "centre"]
@@ -40,7 +37,8 @@ def write_model(directory: Path) -> None:
 
 
 def write_sst2(directory: Path) -> None:
-    """train.tsv and dev.tsv in SST-2's format: a `sentence<TAB>label` header, label 1 for the 'good' sentences."""
+    """train.tsv and dev.tsv in SST-2's format (a `sentence<TAB>label` header, label 1 for the 'good' sentences), and
+    an unlabeled test.tsv (`index<TAB>sentence`, as GLUE's test files) whose indices are not in file order."""
     rng = random.Random(0)
     filler = ["the", "food", "was", "very", "service", "a", "pub", "in", "city", "centre"]
 
@@ -55,6 +53,8 @@ def write_sst2(directory: Path) -> None:
     directory.mkdir()
     (directory / "train.tsv").write_text(rows(16))
     (directory / "dev.tsv").write_text(rows(6))
+    test = [line.split("\t")[0] for line in rows(5).splitlines()[1:]]
+    (directory / "test.tsv").write_text("index\tsentence\n" + "".join(f"{10 - i}\t{t}\n" for i, t in enumerate(test)))
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +62,13 @@ def finished(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("compare-glue")
     write_model(root / "bert")
     write_sst2(root / "sst2")
-    p = argparse.ArgumentParser()
-    cli.add_parser(p)
-    args = p.parse_args(["--model", str(root / "bert"), "--task", "glue", "--glue-task", "sst2", "--data",
-                         str(root / "sst2"), "--out", str(root / "out"), "--methods", ",".join(METHODS),
-                         "--steps", "4", "--eval-every", "2", "--seeds", "2", "--lr", "5e-2", "--batch-size", "4",
-                         "--max-length", "16", "--targets", "query,value", "--bottleneck", "4", "--device", "cpu",
-                         "--latency-batches", "1", "--latency-lengths", "8", "--latency-repeats", "2", "--quiet"])
-    assert cli.run(args) == 0
+    assert run_cli("compare", [
+        "--model.name", str(root / "bert"), "--data.task", "glue", "--data.glue_task", "sst2",
+        "--data.train", str(root / "sst2"), "--data.max_length", "16", "--out", str(root / "out"),
+        "--methods", ",".join(METHODS), "--seeds", "2", "--lr", "5e-2", "--train.steps", "4",
+        "--train.eval_every", "2", "--train.batch_size", "4", "--train.device", "cpu", "--lora.targets", "query,value",
+        "--method_options.bottleneck", "4", "--latency-batches", "1", "--latency-lengths", "8",
+        "--latency-repeats", "2", "--quiet"]) == 0
     return root
 
 
@@ -98,12 +97,30 @@ def test_glue_compare_writes_the_reports_with_an_accuracy_curve(finished) -> Non
 @pytest.mark.parametrize("method", METHODS)
 def test_lorakit_eval_on_a_runs_weights_reproduces_its_final_dev_accuracy(finished, method) -> None:
     seed0 = finished / "out" / "runs" / method / "seed0"
-    p = argparse.ArgumentParser()
-    eval_cli.add_parser(p)
     out = finished / f"eval-{method}"
-    assert eval_cli.run(p.parse_args(["--model", str(finished / "bert"), "--adapter", str(seed0 / "final" / "adapter"),
-                                      "--task", "glue", "--glue-task", "sst2", "--data", str(finished / "sst2"),
-                                      "--device", "cpu", "--out", str(out)])) == 0
+    assert run_cli("eval", ["--model", str(finished / "bert"), "--adapter", str(seed0 / "final" / "adapter"),
+                            "--task", "glue", "--glue-task", "sst2", "--data", str(finished / "sst2"),
+                            "--device", "cpu", "--out", str(out)]) == 0
     scored = json.loads((out / "metrics.json").read_text())
     trained = json.loads((seed0 / "result.json").read_text())  # its metrics are the last (step 4) dev evaluation
     assert scored["count"] == 6 and scored["metrics"]["accuracy"] == trained["metrics"]["accuracy"]
+
+
+def test_lorakit_eval_on_the_test_split_writes_glue_submission_file_in_test_order(finished) -> None:
+    weights = finished / "out" / "runs" / "lora" / "seed0" / "final" / "adapter"
+    out = finished / "eval-test"
+    common = ["--model", str(finished / "bert"), "--adapter", str(weights), "--task", "glue", "--glue-task", "sst2",
+              "--data", str(finished / "sst2"), "--device", "cpu"]
+    assert run_cli("eval", [*common, "--split", "test", "--out", str(out)]) == 0
+    rows = (out / "SST-2.tsv").read_text().splitlines()
+    assert rows[0] == "index\tprediction" and [r.split("\t")[0] for r in rows[1:]] == ["10", "9", "8", "7", "6"]
+    assert {r.split("\t")[1] for r in rows[1:]} <= {"0", "1"}
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["metrics"] is None and saved["split"] == "test" and "SST-2.tsv" in saved["note"]
+    # The same sentences as a labeled dev file get the same predictions: the submission is the model's answers.
+    sentences = [line.split("\t")[1] for line in (finished / "sst2" / "test.tsv").read_text().splitlines()[1:]]
+    (finished / "as-dev.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t0\n" for s in sentences))
+    assert run_cli("eval", [*common[:-4], "--data", str(finished / "as-dev.tsv"), "--device", "cpu",
+                            "--out", str(finished / "eval-as-dev")]) == 0
+    names = (finished / "eval-as-dev" / "predictions.txt").read_text().splitlines()
+    assert ["01"[n == "positive"] for n in names] == [r.split("\t")[1] for r in rows[1:]]

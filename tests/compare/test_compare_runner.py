@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from commands import run_cli
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from lorakit.cli import compare as cli
 from lorakit.core.errors import ConfigError
 
 WORDS = ["<unk>", "<s>", "</s>", "<pad>", "->", "[", "]", ",", ".", "name", "food", "area", "the", "fox", "pub",
@@ -53,15 +52,12 @@ def setup(tmp_path_factory) -> Path:
 
 
 def run(root: Path, out: Path, *extra: str, model: str = "gpt2") -> int:
-    p = argparse.ArgumentParser()
-    cli.add_parser(p)
-    args = p.parse_args(["--model", str(root / model), "--task", "e2e", "--data", str(root / "e2e"), "--out",
-                         str(out), "--steps", "4", "--eval-every", "2", "--seeds", "1", "--batch-size", "4",
-                         "--generate-limit", "2", "--curve-inputs", "2", "--beams", "1", "--dev-limit", "4",
-                         "--targets", "c_attn",
-                         "--bottleneck", "4", "--latency-batches", "1", "--latency-lengths", "8",
-                         "--latency-repeats", "2", "--quiet", *extra])
-    return cli.run(args)
+    return run_cli("compare", [
+        "--model.name", str(root / model), "--data.task", "e2e", "--data.train", str(root / "e2e"),
+        "--data.dev_limit", "4", "--out", str(out), "--seeds", "1", "--train.steps", "4", "--train.eval_every", "2",
+        "--train.batch_size", "4", "--generate-limit", "2", "--curve-inputs", "2", "--beams", "1",
+        "--lora.targets", "c_attn", "--method_options.bottleneck", "4", "--latency-batches", "1",
+        "--latency-lengths", "8", "--latency-repeats", "2", "--quiet", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -129,10 +125,10 @@ def test_sigterm_stops_compare_after_a_checkpoint_with_exit_143_and_the_same_com
         if entry["split"] == "train" and entry["step"] == 1:
             os.kill(os.getpid(), signal.SIGTERM)  # caught by the loop's handler: it stops after this step
 
-    argv = ["compare", "--model", str(setup / "gpt2"), "--task", "e2e", "--data", str(setup / "e2e"), "--out",
-            str(tmp_path), "--methods", "lora", "--steps", "4", "--eval-every", "2", "--seeds", "1", "--batch-size",
-            "4", "--generate-limit", "2", "--curve-inputs", "2", "--beams", "1", "--dev-limit", "4", "--targets",
-            "c_attn", "--no-latency", "--quiet"]
+    argv = ["compare", "--model.name", str(setup / "gpt2"), "--data.task", "e2e", "--data.train", str(setup / "e2e"),
+            "--data.dev_limit", "4", "--out", str(tmp_path), "--methods", "lora", "--train.steps", "4",
+            "--train.eval_every", "2", "--train.batch_size", "4", "--seeds", "1", "--generate-limit", "2",
+            "--curve-inputs", "2", "--beams", "1", "--lora.targets", "c_attn", "--no-latency", "--quiet"]
     monkeypatch.setattr(Timeline, "record", terminate_at_step_1)
     assert main(argv) == 128 + signal.SIGTERM
     assert not (tmp_path / "results.json").exists()
@@ -147,22 +143,22 @@ def test_unknown_methods_are_listed_with_the_known_ones(setup, tmp_path):
 
 def test_bitfit_on_a_bias_free_model_is_refused_before_training(setup, tmp_path):
     with pytest.raises(ConfigError, match="bitfit cannot apply .*has none"):
-        run(setup, tmp_path, "--methods", "lora,bitfit", "--targets", "q_proj", model="llama")
+        run(setup, tmp_path, "--methods", "lora,bitfit", "--lora.targets", "q_proj", model="llama")
     assert not (tmp_path / "runs").exists()
 
 
 def test_a_budget_too_small_to_evaluate_is_refused_up_front(setup, tmp_path):
     with pytest.raises(ConfigError, match="fewer than two dev evaluations"):
-        run(setup, tmp_path, "--methods", "lora", "--eval-every", "3")
+        run(setup, tmp_path, "--methods", "lora", "--train.eval_every", "3")
 
 
 def test_a_cpu_run_on_a_machine_with_a_gpu_reports_the_cpu_estimate_and_leaves_cuda_alone(setup, tmp_path,
                                                                                            monkeypatch):
-    # As on a GPU machine told --device cpu: no CUDA counter may be reset or read (it would describe another
+    # As on a GPU machine told --train.device cpu: no CUDA counter may be reset or read (it would describe another
     # device; on this CPU-only torch, touching CUDA raises).
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     out = tmp_path / "out"
-    assert run(setup, out, "--methods", "lora", "--no-latency", "--device", "cpu") == 0
+    assert run(setup, out, "--methods", "lora", "--no-latency", "--train.device", "cpu") == 0
     cost = json.loads((out / "runs" / "lora" / "seed0" / "result.json").read_text())["cost"]
     assert cost["peak_memory_kind"] == "estimate" and cost["peak_memory_mb"] > 0
 
@@ -170,7 +166,7 @@ def test_a_cpu_run_on_a_machine_with_a_gpu_reports_the_cpu_estimate_and_leaves_c
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_gpu_run_reports_cuda_peak_memory_and_gpu_latency(setup, tmp_path):
     out = tmp_path / "out"
-    assert run(setup, out, "--methods", "lora", "--device", "cuda") == 0
+    assert run(setup, out, "--methods", "lora", "--train.device", "cuda") == 0
     results = json.loads((out / "results.json").read_text())
     cost = results["runs"][0]["cost"]
     assert cost["peak_memory_kind"] == "cuda max allocated" and cost["peak_memory_mb"] > 0

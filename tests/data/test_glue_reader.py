@@ -62,16 +62,20 @@ def test_unknown_task_lists_the_known_tasks(tmp_path: Path) -> None:
         read_glue("mnli", tmp_path, "dev")
 
 
-def test_test_split_is_refused_because_its_labels_are_hidden(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="not public"):
-        read_glue("sst2", tmp_path, "test")
+def test_the_test_split_reads_unlabeled_examples_with_their_file_index(tmp_path: Path) -> None:
+    (tmp_path / "test.tsv").write_text("index\t#1 ID\t#2 ID\t#1 String\t#2 String\n7\t1\t2\ta b\tc d\n")
+    [record] = read_glue("mrpc", tmp_path, "test")
+    assert (record.text, record.text_pair, record.label, record.id) == ("a b", "c d", None, "7")
+    (tmp_path / "dev.tsv").write_text((tmp_path / "test.tsv").read_text())
+    with pytest.raises(DataError, match="unlabeled GLUE test file; the dev split needs labels"):
+        read_glue("mrpc", tmp_path, "dev")
 
 
 @pytest.mark.parametrize(
     ("task", "text", "expected"),
     [
         ("sst2", "", "is empty"),
-        ("sst2", "index\tsentence\n0\tgood\n", "columns are ['index', 'sentence']"),
+        ("sst2", "index\tsentence\tlabel\n0\tgood\t1\n", "columns are ['index', 'sentence', 'label']"),
         ("sst2", "sentence\tlabel\ngood\t1\textra\n", "line 2: expected 2 tab-separated fields"),
         ("sst2", "sentence\tlabel\ngood\tpositive\n", "line 2: label 'positive' is not one of 0, 1"),
         ("rte", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tneutral\n", "line 2: label 'neutral'"),

@@ -7,9 +7,9 @@ import pytest
 import torch
 from tiny import tiny_gpt2, tiny_llama, tiny_tokenizer
 
+from lorakit.core.config import LoraConfig
 from lorakit.evaluate.decode import DecodeConfig, _prompt_cache, generate
-from lorakit.methods import ALL, MethodOptions
-from lorakit.train.config import RunConfig
+from lorakit.methods import METHODS, MethodOptions
 
 PROMPTS = [[5, 9, 17, 4, 30, 2 + 40], [7, 8], [11, 12, 13, 14], [50, 60, 70, 80, 90, 100, 110, 120]]
 
@@ -47,7 +47,7 @@ def test_prefix_methods_and_greedy_decoding_keep_the_plain_path():
     assert "cache" in _prompt_cache(tiny_llama().eval(), ids, mask, beams=4)
     assert _prompt_cache(tiny_llama().eval(), ids, mask, beams=1) == {}
     prefixed = tiny_llama()
-    ALL["prefix-layer"](prefixed, RunConfig(method="prefix-layer", method_options=MethodOptions(prefix_length=2)))
+    METHODS["prefix-layer"].prepare(prefixed, LoraConfig(), MethodOptions(prefix_length=2))
     assert _prompt_cache(prefixed.eval(), ids, mask, beams=4) == {}
     config = DecodeConfig(beams=3, max_new_tokens=5)
     assert generate(prefixed, tiny_tokenizer(), PROMPTS, config, progress=False) == plain_generate(

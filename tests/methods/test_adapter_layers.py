@@ -8,7 +8,7 @@ import torch
 from tiny import tiny_bert, tiny_gpt2, tiny_llama
 
 from lorakit.core.config import LoraConfig
-from lorakit.methods import ALL, MethodOptions, load_method
+from lorakit.methods import METHODS, MethodOptions, load_method
 from lorakit.methods.adapters import Bottleneck
 from lorakit.train.config import RunConfig
 
@@ -29,14 +29,14 @@ def perturb(model: torch.nn.Module, seed: int = 3) -> None:
 def test_adapters_start_exactly_at_the_base_output(kind, name, ids):
     model = MODELS[kind]()
     before = model(input_ids=ids).logits
-    ALL[name](model, RunConfig(method_options=MethodOptions(bottleneck=4)))
+    METHODS[name].prepare(model, LoraConfig(), MethodOptions(bottleneck=4))
     assert torch.equal(model(input_ids=ids).logits, before)
 
 
 @pytest.mark.parametrize("name, per_block", [("adapter-h", 2), ("adapter-l", 1)])
 def test_adapters_sit_after_attention_and_mlp_per_design(name, per_block):
     model = tiny_llama()
-    ALL[name](model, RunConfig(method_options=MethodOptions(bottleneck=4)))
+    METHODS[name].prepare(model, LoraConfig(), MethodOptions(bottleneck=4))
     places = [n for n, m in model.named_modules() if isinstance(m, Bottleneck)]
     assert len(places) == 2 * per_block
     assert any("mlp.down_proj" in p for p in places)
@@ -45,7 +45,7 @@ def test_adapters_sit_after_attention_and_mlp_per_design(name, per_block):
 
 def test_only_adapters_norms_and_head_train(ids):
     model = tiny_bert()
-    ALL["adapter-h"](model, RunConfig(method_options=MethodOptions(bottleneck=4)))
+    METHODS["adapter-h"].prepare(model, LoraConfig(), MethodOptions(bottleneck=4))
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     assert all("lorakit_adapter" in n or "LayerNorm" in n or n.startswith("classifier") for n in trained)
     assert any(n.startswith("classifier") for n in trained)
@@ -54,7 +54,7 @@ def test_only_adapters_norms_and_head_train(ids):
 def test_an_adapter_changes_the_output_once_trained(ids):
     model = tiny_gpt2()
     before = model(input_ids=ids).logits
-    ALL["adapter-l"](model, RunConfig(method_options=MethodOptions(bottleneck=4)))
+    METHODS["adapter-l"].prepare(model, LoraConfig(), MethodOptions(bottleneck=4))
     perturb(model)
     assert not torch.allclose(model(input_ids=ids).logits, before)
 
@@ -65,7 +65,7 @@ def test_saved_methods_load_onto_a_fresh_base_with_identical_outputs(name, ids, 
     model = tiny_gpt2()
     config = RunConfig(lora=LoraConfig(targets=("c_attn",)),
                        method_options=MethodOptions(bottleneck=4, prefix_length=3))
-    export = ALL[name](model, config)
+    export = METHODS[name].prepare(model, config.lora, config.method_options)
     perturb(model)
     expected = model(input_ids=ids).logits
     export.write(model, tmp_path)

@@ -16,7 +16,7 @@ import lorakit
 from lorakit import AdapterFileError, ConfigError, LoraConfig, MergeError
 from lorakit.core.layers import MAGNITUDE
 from lorakit.core.state import wrappers
-from lorakit.methods import ALL, load_dora, load_method
+from lorakit.methods import METHODS, MethodOptions, load_dora, load_method
 from lorakit.train.config import RunConfig
 
 peft = pytest.importorskip("peft")
@@ -34,7 +34,7 @@ def trained_dora(case: str, dropout: float = 0.0):
     make, lora = CASES[case]
     model = make()
     config = RunConfig(lora=LoraConfig(**{**lora.to_dict(), "dropout": dropout}))
-    export = ALL["dora"](model, config)
+    export = METHODS["dora"].prepare(model, config.lora, config.method_options)
     randomize(model)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
@@ -225,4 +225,4 @@ def test_an_incomplete_or_misshapen_dora_file_is_refused_before_anything_changes
 
 def test_dora_refuses_layers_without_a_row_norm():
     with pytest.raises(ConfigError, match=r"Linear and Conv1D layers only; leave model.embed_tokens \(Embedding\)"):
-        ALL["dora"](tiny_llama(), RunConfig(lora=LoraConfig(targets=("q_proj", "embed_tokens"))))
+        METHODS["dora"].prepare(tiny_llama(), LoraConfig(targets=("q_proj", "embed_tokens")), MethodOptions())

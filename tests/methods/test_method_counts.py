@@ -10,7 +10,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from lorakit.core.config import LoraConfig
 from lorakit.core.errors import ConfigError
 from lorakit.methods import (
-    ALL,
+    METHODS,
     MethodOptions,
     adapter_count,
     check_names,
@@ -19,8 +19,6 @@ from lorakit.methods import (
     prefix_layer_count,
     trainable_count,
 )
-from lorakit.train import METHODS
-from lorakit.train.config import RunConfig
 
 
 def gpt2_medium_on_meta() -> GPT2LMHeadModel:
@@ -30,7 +28,7 @@ def gpt2_medium_on_meta() -> GPT2LMHeadModel:
 
 
 def prepared(model: torch.nn.Module, name: str, options: MethodOptions, lora: LoraConfig | None = None):
-    ALL[name](model, RunConfig(lora=lora or LoraConfig(targets=("c_attn",)), method_options=options))
+    METHODS[name].prepare(model, lora or LoraConfig(targets=("c_attn",)), options)
     return model
 
 
@@ -69,7 +67,7 @@ def test_paper_formulas_give_the_papers_gpt2_medium_numbers():
 
 def test_bitfit_on_a_bias_free_model_is_refused_with_the_reason():
     with pytest.raises(ConfigError, match="has none .*Llama-style"):
-        ALL["bitfit"](tiny_llama(), RunConfig())
+        METHODS["bitfit"].prepare(tiny_llama(), LoraConfig(), MethodOptions())
 
 
 def test_bitfit_trains_exactly_the_biases():
@@ -87,10 +85,16 @@ def test_unknown_method_names_are_listed_with_the_known_ones():
         check_names(["lora", "lorra", "adapterx"])
 
 
-def test_every_comparison_method_is_a_training_method():
-    assert set(ALL) <= set(METHODS)
+@pytest.mark.parametrize("name", [m.name for m in METHODS.values() if m.family != "full"])
+def test_every_method_trains_a_fresh_classification_head(name):
+    from tiny import tiny_bert
+
+    model = tiny_bert()
+    METHODS[name].prepare(model, LoraConfig(targets=("query", "value")), MethodOptions(prefix_length=2))
+    head = [n for n, p in model.named_parameters() if "classifier" in n and p.requires_grad]
+    assert head, f"{name} leaves the random classifier frozen"
 
 
 def test_method_options_must_be_positive():
-    with pytest.raises(ConfigError, match="bottleneck must be a positive integer.*\n.*prefix_length"):
+    with pytest.raises(ConfigError, match="bottleneck: .*greater than or equal to 1.*\n.*prefix_length"):
         MethodOptions(bottleneck=0, prefix_length=-1)

@@ -7,16 +7,16 @@ import pytest
 import torch
 from tiny import tiny_bert, tiny_gpt2, tiny_llama
 
-from lorakit.methods import ALL, MethodOptions
+from lorakit.core.config import LoraConfig
+from lorakit.methods import METHODS, MethodOptions
 from lorakit.methods.prefix import ATTRIBUTE
-from lorakit.train.config import RunConfig
 
 PREFIX = 4
 
 
 def prepare(model, name: str, seed: int = 5):
     torch.manual_seed(seed)
-    ALL[name](model, RunConfig(method_options=MethodOptions(prefix_length=PREFIX)))
+    METHODS[name].prepare(model, LoraConfig(), MethodOptions(prefix_length=PREFIX))
     return model
 
 
@@ -52,7 +52,7 @@ def test_cached_decoding_equals_decoding_without_a_cache(make, name):
 def test_peft_loads_our_prompt_tuning_files_with_identical_logits(ids, tmp_path):
     peft = pytest.importorskip("peft")
     model = prepare(tiny_llama(), "prompt-tuning")
-    export = ALL["prompt-tuning"](tiny_llama(), RunConfig(method_options=MethodOptions(prefix_length=PREFIX)))
+    export = METHODS["prompt-tuning"].prepare(tiny_llama(), LoraConfig(), MethodOptions(prefix_length=PREFIX))
     with torch.no_grad():
         getattr(model, ATTRIBUTE).activations.add_(0.3)
     export.write(model, tmp_path)

@@ -11,9 +11,9 @@ import torch
 from tiny import tiny_bert, tiny_gpt2, tiny_llama
 from transformers import LlamaForSequenceClassification
 
-from lorakit.methods import ALL, MethodOptions, load_method
+from lorakit.core.config import LoraConfig
+from lorakit.methods import METHODS, MethodOptions, load_method
 from lorakit.methods.prefix import ATTRIBUTE, insert_prefix, save_prefix_tuning
-from lorakit.train.config import RunConfig
 
 peft = pytest.importorskip("peft")
 
@@ -33,7 +33,7 @@ def trained(make, name: str = "prefix-layer", seed: int = 5):
     """`make()` with method `name`, its trainable tensors moved off their init as training would; and its Export."""
     model = make()
     torch.manual_seed(seed)
-    export = ALL[name](model, RunConfig(method_options=MethodOptions(prefix_length=PREFIX)))
+    export = METHODS[name].prepare(model, LoraConfig(), MethodOptions(prefix_length=PREFIX))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 import yaml
+from commands import run_cli
 
 from lorakit.cli import eval as eval_cli
 from lorakit.cli import train as train_cli
 from lorakit.core.errors import ConfigError
-
-
-def run_cli(module, argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    module.add_parser(parser)
-    return module.run(parser.parse_args(argv))
 
 
 def test_a_run_directory_holds_config_metrics_events_plot_checkpoints_and_weights(tmp_path, model_dir,

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 import torch
+from commands import run_cli
 from transformers import BertConfig, BertForSequenceClassification
 
 from lorakit.cli import eval as eval_cli
 from lorakit.cli import generate as generate_cli
 from lorakit.data import DataError, Example
-from lorakit.evaluate.run import classify, glue_scores
+from lorakit.evaluate.score import classify
+from lorakit.tasks.glue import Glue
 
 FAST = ["--beams", "2", "--max-new-tokens", "4", "--device", "cpu"]
 
 
-def run_cli(module, argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    module.add_parser(parser)
-    return module.run(parser.parse_args(argv))
 
 
 def test_eval_without_references_writes_one_prediction_per_input_in_order(tmp_path, model_dir, capsys) -> None:
@@ -33,8 +30,9 @@ def test_eval_without_references_writes_one_prediction_per_input_in_order(tmp_pa
                               *FAST])
     assert code == 0
     assert len(out.read_text().splitlines()) == 3  # one per unique MR, in first-seen order
-    assert "no references found" in capsys.readouterr().err
-    assert not (tmp_path / "eval" / "metrics.json").exists()
+    assert "nothing was scored" in capsys.readouterr().err
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["metrics"] is None and saved["count"] == 4 and "no labels or references" in saved["note"]
 
 
 def test_eval_with_references_scores_each_mr_against_all_its_references(tmp_path, model_dir, capsys) -> None:
@@ -80,9 +78,9 @@ def test_generate_prints_one_line_per_prompt(tmp_path, model_dir, capsys) -> Non
 
 def test_glue_scores_add_f1_for_mrpc_and_matthews_for_cola() -> None:
     predictions, labels = [1, 0, 1, 1], [1, 0, 0, 1]
-    assert glue_scores(predictions, labels, "sst2") == {"accuracy": 0.75}
-    assert set(glue_scores(predictions, labels, "mrpc")) == {"accuracy", "f1"}
-    assert glue_scores(predictions, labels, "cola")["matthews_corrcoef"] == pytest.approx(0.5773502691896258)
+    assert Glue("sst2").scores(predictions, labels) == {"accuracy": 0.75}
+    assert set(Glue("mrpc").scores(predictions, labels)) == {"accuracy", "f1"}
+    assert Glue("cola").scores(predictions, labels)["matthews_corrcoef"] == pytest.approx(0.5773502691896258)
 
 
 def test_classify_returns_the_argmax_class_of_each_example_in_order() -> None:

@@ -3,12 +3,12 @@ prefixes, DoRA, LoRA+prefix) from its run's weights, merged where merge is defin
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from commands import run_cli
 from tinytrain import WORDS, tiny_pairs
 
 from lorakit.cli import eval as eval_cli
@@ -17,20 +17,16 @@ from lorakit.cli import train as train_cli
 from lorakit.core.config import LoraConfig
 from lorakit.core.merge import merged_names
 from lorakit.data import tokenize_pairs
-from lorakit.evaluate.run import load_trained
-from lorakit.methods import ALL, MethodOptions
+from lorakit.methods import METHODS, MethodOptions
 from lorakit.models import load
 from lorakit.train.config import RunConfig, TrainConfig
 from lorakit.train.loop import fit
+from lorakit.trained import load_trained
 
-METHODS = ["adapter-h", "prefix-layer", "dora", "lora+prefix"]
+TRAINED = ["adapter-h", "prefix-layer", "dora", "lora+prefix"]
 IDS = torch.randint(4, len(WORDS), (2, 7), generator=torch.Generator().manual_seed(3))
 
 
-def run_cli(module, argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    module.add_parser(parser)
-    return module.run(parser.parse_args(argv))
 
 
 def train_two_steps(method: str, model_dir: Path, out: Path) -> torch.nn.Module:
@@ -39,7 +35,7 @@ def train_two_steps(method: str, model_dir: Path, out: Path) -> torch.nn.Module:
     config = RunConfig(method=method, lora=LoraConfig(rank=4), method_options=MethodOptions(bottleneck=4,
                                                                                             prefix_length=3))
     torch.manual_seed(0)
-    export = ALL[method](model, config)
+    export = METHODS[method].prepare(model, config.lora, config.method_options)
     examples = tokenize_pairs(tiny_pairs(8), tokenizer, 32)
     fit(model, examples, TrainConfig(steps=2, batch_size=4, lr=1e-2, device="cpu", precision="fp32"),
         pad_id=tokenizer.pad_token_id, export=export, progress=False)
@@ -47,7 +43,7 @@ def train_two_steps(method: str, model_dir: Path, out: Path) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", TRAINED)
 def test_load_trained_gives_the_trained_models_logits(method, model_dir, tmp_path) -> None:
     model = train_two_steps(method, model_dir, tmp_path / "adapter")
     with torch.no_grad():

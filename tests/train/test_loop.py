@@ -122,11 +122,11 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: P
 
 
 def test_full_fine_tuning_trains_every_weight_through_the_same_loop(tmp_path: Path) -> None:
-    from lorakit.train.methods import full
+    from lorakit.methods import METHODS, MethodOptions
 
     model = tiny_llama()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    export = full(model, None)
+    export = METHODS["full"].prepare(model, lorakit.LoraConfig(), MethodOptions())
     config = TrainConfig(steps=3, batch_size=8, lr=1e-3, device="cpu", precision="fp32")
     result = fit(model, examples(16), config, None, tmp_path, pad_id=PAD, export=export, progress=False)
     assert result.steps == 3

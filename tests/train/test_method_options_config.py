@@ -3,7 +3,6 @@ reaches the method (parameter counts follow the paper's formulas), and bad keys,
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,7 @@ from tiny import tiny_gpt2
 from lorakit.compare import CompareConfig
 from lorakit.compare.runner import run_config
 from lorakit.core.errors import ConfigError
-from lorakit.methods import adapter_count, prefix_embed_count, trainable_count
-from lorakit.train import METHODS
+from lorakit.methods import METHODS, adapter_count, prefix_embed_count, trainable_count
 from lorakit.train.config import config_from_dict, load_config
 
 HIDDEN, LAYERS = 32, 2  # tiny_gpt2
@@ -21,7 +19,7 @@ HIDDEN, LAYERS = 32, 2  # tiny_gpt2
 
 def trained_params(config) -> int:
     model = tiny_gpt2()
-    METHODS[config.method](model, config)  # what `lorakit train` does with the config
+    METHODS[config.method].prepare(model, config.lora, config.method_options)  # what `lorakit train` does
     return trainable_count(model)
 
 
@@ -59,27 +57,30 @@ def test_bad_option_types_and_values_are_named_together() -> None:
         load_config(None, {"method": "adapter-h", "method_options.bottleneck": "0",
                            "method_options.prefix_length": "long"})
     message = str(error.value)
-    assert "method_options.bottleneck must be a positive integer (got 0)" in message
-    assert "method_options.prefix_length must be a positive integer (got 'long')" in message
-    with pytest.raises(ConfigError, match="method_options must be a mapping of settings, got int"):
+    assert "method_options.bottleneck: Input should be greater than or equal to 1 (got 0)" in message
+    assert "method_options.prefix_length: Input should be a valid integer" in message and "(got 'long')" in message
+    with pytest.raises(ConfigError, match="method_options: Input should be a valid dictionary"):
         config_from_dict({"method_options": 16})
 
 
 def test_every_option_is_a_train_flag_with_its_docstring_as_help() -> None:
-    from lorakit.cli import train as train_cli
+    from commands import parse
 
-    parser = argparse.ArgumentParser()
-    train_cli.add_parser(parser)
-    help_text = " ".join(parser.format_help().split())
+    from lorakit.cli import build_parser
+    from lorakit.cli.options import given
+    from lorakit.train.config import RunConfig
+
+    train_parser = build_parser("train")._subparsers._group_actions[0].choices["train"]
+    help_text = " ".join(train_parser.format_help().split())
     assert "--method_options.bottleneck" in help_text and "r of adapter-h and adapter-l" in help_text
     assert "--method_options.prefix_length" in help_text
-    args = parser.parse_args(["--method", "adapter-h", "--method_options.bottleneck", "32"])
-    assert vars(args)["method_options.bottleneck"] == "32"
+    args = parse("train", ["--method", "adapter-h", "--method_options.bottleneck", "32"])
+    assert given(args, RunConfig)["method_options.bottleneck"] == 32
 
 
 def test_compare_passes_its_sizes_through_the_run_config(tmp_path: Path) -> None:
-    compare = CompareConfig(model="tiny", task="e2e", data=str(tmp_path), out=str(tmp_path), methods=("adapter-h",),
-                            bottleneck=8, prefix_length=3)
+    compare = CompareConfig(model={"name": "tiny"}, data={"task": "e2e", "train": str(tmp_path)}, out=str(tmp_path),
+                            methods=("adapter-h",), method_options={"bottleneck": 8, "prefix_length": 3})
     config = run_config(compare, "adapter-h", None, 0, tmp_path / "run")
     # Each run records only the sizes its method reads (the others stay at their defaults).
     assert (config.method_options.bottleneck, config.method_options.prefix_length) == (8, 16)

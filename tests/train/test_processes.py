@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -18,11 +17,11 @@ import yaml
 from tinytrain import tiny_pairs
 
 from lorakit.data import tokenize_pairs
+from lorakit.methods import METHODS
 from lorakit.models import load
 from lorakit.train import fit
 from lorakit.train.checkpoint import checkpoints
 from lorakit.train.config import load_config
-from lorakit.train.methods import lora
 
 
 def write_config(path: Path, model_dir: Path, data: tuple[Path, Path], run_dir: Path, **train: object) -> Path:
@@ -81,9 +80,9 @@ def test_two_processes_compute_the_losses_of_one_with_the_same_global_batch(tmp_
     resolved = load_config(config)
     torch.manual_seed(resolved.train.seed)
     model, tokenizer = load(str(model_dir))
-    export = lora(model, resolved)
+    export = METHODS["lora"].prepare(model, resolved.lora, resolved.method_options)
     train, dev = (tokenize_pairs(tiny_pairs(n, seed), tokenizer, 32) for n, seed in ((64, 0), (8, 1)))
-    single = fit(model, train, dataclasses.replace(resolved.train, grad_accum=2), dev,
+    single = fit(model, train, resolved.train.model_copy(update={"grad_accum": 2}), dev,
                  pad_id=tokenizer.pad_token_id, export=export, progress=False)
     one = {r["step"]: r["loss"] for r in single.records if r["split"] == "train"}
     two = train_losses(run)

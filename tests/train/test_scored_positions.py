@@ -9,9 +9,9 @@ from tiny import tiny_gpt2
 from tinytrain import tiny_llama, tiny_pairs, tiny_tokenizer
 
 import lorakit
+from lorakit.core.config import LoraConfig
 from lorakit.data import collate, model_inputs, tokenize_pairs
-from lorakit.methods import ALL, MethodOptions
-from lorakit.train.config import RunConfig
+from lorakit.methods import METHODS, MethodOptions
 from lorakit.train.loop import cross_entropy_sum, scored_positions_only
 
 PAD = 3
@@ -44,7 +44,7 @@ def test_scoring_only_labeled_positions_gives_the_full_logits_loss_and_gradients
         targets = ("q_proj", "v_proj") if make is tiny_llama else ("c_attn",)
         lorakit.inject(model, lorakit.LoraConfig(rank=4, alpha=8, targets=targets))
     elif method != "full":
-        ALL[method](model, RunConfig(method=method, method_options=MethodOptions(prefix_length=3)))
+        METHODS[method].prepare(model, LoraConfig(), MethodOptions(prefix_length=3))
     with torch.no_grad():  # non-zero B, so LoRA's gradients reach A as well
         for name, p in model.named_parameters():
             if "lora_B" in name:

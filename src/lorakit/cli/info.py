@@ -4,51 +4,66 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
+from typing import Literal
+
+from lorakit.cli.options import add_flat, options
+from lorakit.core.schema import Schema
+
+
+class InfoOptions(Schema):
+    """Which model to show, and the LoRA config to try on it."""
+
+    model: str | None = None
+    """Built-in name or local transformers directory; omit to list the built-in models."""
+    kind: Literal["causal-lm", "seq-cls", "encoder"] | None = None
+    """Model head (default: the model's)."""
+    num_labels: int | None = None
+    """Classes, with --kind seq-cls."""
+    targets: str | None = None
+    """Modules to adapt: names or suffixes (q_proj,v_proj), all-linear, or re:PATTERN (a regular expression over
+    whole module paths)."""
+    rank: int = 8
+    """LoRA rank r."""
+    alpha: float = 16.0
+    """LoRA alpha."""
+    layers: list[int] | None = None
+    """Block indices to adapt (default: all)."""
+    modules_to_save: list[str] = []
+    """Modules trained in full (e.g. classifier)."""
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="built-in name or local transformers directory; omit to list built-in models")
-    p.add_argument("--kind", choices=["causal-lm", "seq-cls", "encoder"], help="model head (default: the model's)")
-    p.add_argument("--num-labels", type=int, help="classes, with --kind seq-cls")
-    p.add_argument("--targets", help="comma-separated module suffixes, 'all-linear', or a regex prefixed by 're:'")
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--alpha", type=float, default=16.0)
-    p.add_argument("--layers", help="comma-separated block indices to adapt")
-    p.add_argument("--modules-to-save", default="", help="comma-separated modules trained in full (e.g. classifier)")
-
-
-def parse_targets(text: str) -> str | tuple[str, ...]:
-    """'q_proj,v_proj' -> a tuple; 'all-linear' stays; 're:PATTERN' is a regular expression."""
-    if text.startswith("re:"):
-        return text[3:]
-    return text if text == "all-linear" else tuple(t.strip() for t in text.split(",") if t.strip())
+    add_flat(p, InfoOptions)
 
 
 def run(args: argparse.Namespace) -> int:
-    import lorakit
-    from lorakit.core.targets import kind_of, plain_modules
-    from lorakit.models import BUILTINS, load
+    o = options(args, InfoOptions)
+    if not o.model:
+        from lorakit.models.registry import BUILTINS
 
-    if not args.model:
         print("built-in models (or pass any local transformers directory):")
         for b in BUILTINS:
             print(f"  {b.name:<14} {b.description}")
         return 0
-    model, _ = load(args.model, kind=args.kind, num_labels=args.num_labels)
+    import lorakit
+    from lorakit.core.config import parse_targets
+    from lorakit.core.targets import kind_of, plain_modules
+    from lorakit.models import load
+
+    model, _ = load(o.model, kind=o.kind, num_labels=o.num_labels)
     groups: dict[tuple[str, str, tuple], int] = defaultdict(int)
     for name, module in plain_modules(model):
         kind = kind_of(module)
         if name and kind:
             groups[(name.rsplit(".", 1)[-1], kind, tuple(module.weight.shape))] += 1
-    print(f"{args.model}: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters")
+    print(f"{o.model}: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters")
     print(f"{'module suffix':<24} {'type':<10} {'weight shape':<14} count")
     for (suffix, kind, shape), n in sorted(groups.items()):
         print(f"{suffix:<24} {kind:<10} {'x'.join(map(str, shape)):<14} {n}")
-    if args.targets:
-        layers = tuple(int(i) for i in args.layers.split(",")) if args.layers else None
-        saved = tuple(m for m in args.modules_to_save.split(",") if m)
-        config = lorakit.LoraConfig(rank=args.rank, alpha=args.alpha, targets=parse_targets(args.targets),
-                                    layers=layers, modules_to_save=saved)
+    if o.targets:
+        config = lorakit.LoraConfig(rank=o.rank, alpha=o.alpha, targets=parse_targets(o.targets),
+                                    layers=None if o.layers is None else tuple(o.layers),
+                                    modules_to_save=tuple(o.modules_to_save))
         lorakit.inject(model, config)
         print()
         print(lorakit.adapter_report(model, "default"))

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
+
+from lorakit.cli.options import add_flat, options
+from lorakit.quickstart.config import QuickstartConfig
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
-    from lorakit.quickstart.run import QuickstartConfig
-
-    defaults = QuickstartConfig()
-    for f in dataclasses.fields(QuickstartConfig):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),
-                       default=getattr(defaults, f.name), help=f"(default: {getattr(defaults, f.name)})")
+    add_flat(p, QuickstartConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    from lorakit.quickstart.run import QuickstartConfig, run
+    from lorakit.quickstart.run import run
 
-    fields = {f.name for f in dataclasses.fields(QuickstartConfig)}
-    run(QuickstartConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+    run(options(args, QuickstartConfig), progress=not args.no_progress)
     return 0

@@ -8,32 +8,20 @@ for data parallelism.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import signal
 import sys
 
-from lorakit.train.config import SECTIONS, RunConfig, field_help
-
-TOP_LEVEL = ("method", "run_dir")
+from lorakit.cli.options import add_sections, given
+from lorakit.train.config import RunConfig
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="YAML config file (see configs/); omitted means all defaults")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in run_dir from its newest checkpoint (same config required)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    docs = field_help(RunConfig)
-    for name in TOP_LEVEL:
-        p.add_argument(f"--{name}", dest=name, default=argparse.SUPPRESS, metavar="VALUE", help=docs[name])
-    p.add_argument("--device", dest="train.device", default=argparse.SUPPRESS, metavar="DEVICE",
+    add_sections(p, RunConfig, top=("method", "run_dir"))
+    p.add_argument("--device", dest="train::device", default=argparse.SUPPRESS, metavar="DEVICE",
                    help="same as --train.device: auto, cpu, cuda or cuda:N")
-    for section, cls in SECTIONS.items():
-        group = p.add_argument_group(f"{section} settings ({cls.__name__})")
-        docs = field_help(cls)
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            group.add_argument(f"--{section}.{f.name}", dest=f"{section}.{f.name}", default=argparse.SUPPRESS,
-                               metavar="VALUE", help=f"{docs.get(f.name, '')} (default: {default})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,8 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from lorakit.train.config import load_config
     from lorakit.train.run import train
 
-    overrides = {k: v for k, v in vars(args).items() if "." in k or k in TOP_LEVEL}
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, given(args, RunConfig))
     try:
         result = train(config, resume=args.resume, progress=not args.no_progress)
     finally:

@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lorakit.compare.config import LEARNING_RATES, CompareConfig
+from lorakit.compare.config import CompareConfig
 
-__all__ = ["LEARNING_RATES", "CompareConfig", "compare"]
+__all__ = ["CompareConfig", "compare"]
 
 
 def compare(config: CompareConfig, progress: bool = True, latency: bool = True) -> dict[str, Any]:
@@ -21,24 +21,26 @@ def compare(config: CompareConfig, progress: bool = True, latency: bool = True) 
     from lorakit.compare.latency import lora_variants, measure
     from lorakit.compare.report import summary, write_report
     from lorakit.compare.runner import prepare, run_all, run_config
-    from lorakit.core.io import atomic_write
-    from lorakit.methods import ALL, LORA_FAMILY
+    from lorakit.core.atomic import atomic_write
+    from lorakit.methods import METHODS
     from lorakit.models import resolve_device
 
     prepared, base, tokenizer = prepare(config)
     runs = run_all(config, prepared, base, tokenizer, progress)
     cells = []
     if latency:
-        rc = run_config(config, "lora", config.rank, 0, Path("."))
+        rc = run_config(config, "lora", config.lora.rank, 0, Path("."))
         variants = lora_variants(rc.lora)
-        # Full FT, FT-top2 and BitFit change weights only, so they run exactly like the base model.
-        for method in config.methods:
-            if method not in LORA_FAMILY and method not in ("full", "ft-top2", "bitfit"):
-                variants[method] = _applied(ALL[method], rc)
+        # Methods that change weights only (full FT, FT-top2, BitFit) run exactly like the base model.
+        for name in config.methods:
+            spec = METHODS[name]
+            if spec.family != "lora" and not spec.weights_only:
+                variants[name] = _applied(spec.prepare, rc)
+        device = config.train.device
         cells = measure(base, variants, config.latency_batches, config.latency_lengths, config.latency_repeats,
-                        resolve_device(None if config.device == "auto" else config.device))
+                        resolve_device(None if device == "auto" else device))
     results = {
-        "config": _plain(dataclasses.asdict(config)),
+        "config": config.to_dict(),
         "runs": runs,
         "summary": summary(runs),
         "latency": [dataclasses.asdict(c) for c in cells],
@@ -49,13 +51,9 @@ def compare(config: CompareConfig, progress: bool = True, latency: bool = True) 
     return results
 
 
-def _applied(method: Any, rc: Any) -> Any:
+def _applied(prepare: Any, rc: Any) -> Any:
     def make(model: Any) -> Any:
-        method(model, rc)
+        prepare(model, rc.lora, rc.method_options)
         return model
 
     return make
-
-
-def _plain(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: [list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, tuple) else v for k, v in d.items()}

@@ -10,10 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.analysis import plots
-from lorakit.compare.config import CompareConfig
+from lorakit.compare.config import GENERATION_CURVE, CompareConfig
 from lorakit.compare.latency import Cell
-
-MAIN_METRIC = {"glue": "accuracy", "e2e": "greedy_BLEU"}
 
 
 def by_label(runs: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -59,17 +57,23 @@ def _params(n: int) -> str:
 def write_report(config: CompareConfig, runs: Sequence[dict[str, Any]], cells: Sequence[Cell],
                  out: str | Path) -> Path:
     """Write report.md, report.html and the plots into `out`."""
+    from lorakit.core.config import format_targets
+    from lorakit.methods import METHODS
+    from lorakit.tasks import task_for
+
     table = summary(runs)
-    page = plots.Page(f"lorakit compare: {config.model} on {config.task}"
-                      + (f" ({config.glue_task})" if config.glue_task else ""))
-    page.text(f"Budget: {config.steps} steps of batch {config.batch_size} (max length {config.max_length}), "
+    data, train, lora, options = config.data, config.train, config.lora, config.method_options
+    task = task_for(data)
+    sized = {field for m in config.methods for field in METHODS[m].sized_by}
+    targets = format_targets(lora.targets)
+    page = plots.Page(f"lorakit compare: {config.model.name} on {data.task}"
+                      + (f" ({data.glue_task})" if data.glue_task else ""))
+    page.text(f"Budget: {train.steps} steps of batch {train.batch_size} (max length {data.max_length}), "
               f"{config.seeds} seed(s), dev evaluation every {config.evaluation_interval} steps on "
-              f"{f'at most {config.dev_limit}' if config.dev_limit else 'all'} dev examples; LoRA rank {config.rank} "
-              f"(alpha {config.alpha}) on {', '.join(config.targets)}"
-              + (f"; adapter bottleneck {config.bottleneck}" if any(m.startswith("adapter") for m in config.methods)
-                 else "")
-              + (f"; prefix length {config.prefix_length}" if any("prefix" in m or m == "prompt-tuning"
-                                                                   for m in config.methods) else "")
+              f"{f'at most {data.dev_limit}' if data.dev_limit else 'all'} dev examples; LoRA rank {lora.rank} "
+              f"(alpha {lora.alpha}) on {targets if isinstance(targets, str) else ', '.join(targets)}"
+              + (f"; adapter bottleneck {options.bottleneck}" if "bottleneck" in sized else "")
+              + (f"; prefix length {options.prefix_length}" if "prefix_length" in sized else "")
               + ". Learning rates: "
               + ", ".join(f"{k} {v['lr']:g}" for k, v in table.items()) + ".")
     metric_names = sorted({k for v in table.values() for k in v["metrics"]}, key=lambda k: (k != "dev_loss", k))
@@ -79,7 +83,9 @@ def write_report(config: CompareConfig, runs: Sequence[dict[str, Any]], cells: S
                  *[_fmt(v["metrics"].get(k)) for k in metric_names]] for label, v in table.items()])
     groups = by_label(runs)
     page.heading("Convergence")
-    for key, split, title in (("dev_loss", "dev", "dev loss"), (MAIN_METRIC[config.task], "dev", None),
+    generation = task.kind == "causal-lm"
+    main = GENERATION_CURVE if generation else task.best_metric
+    for key, split, title in (("dev_loss", "dev", "dev loss"), (main, "dev", None),
                               ("loss", "train", "training loss")):
         per_step = {label: curve(g, split, key, "step") for label, g in groups.items()}
         if not any(len(p) > 1 for p in per_step.values()):
@@ -91,11 +97,11 @@ def write_report(config: CompareConfig, runs: Sequence[dict[str, Any]], cells: S
         page.image(f"{key}_seconds.png", plots.lines(per_second, "training seconds (evaluation excluded)", title,
                                                      f"{title} per second of compute"),
                    f"{title} against wall-clock training seconds")
-    if config.task == "e2e":
+    if generation:
         page.text("The quality table's generation metrics come from beam search (beam "
                   f"{config.beams}) over {config.generate_limit} dev inputs after training; the BLEU curves, where "
                   f"present, decode the first {config.curve_inputs} dev inputs greedily at every evaluation "
-                  "(greedy_BLEU).")
+                  f"({GENERATION_CURVE}).")
     page.heading("Cost")
     page.table(["method", "step time (ms)", "tokens/s", "peak memory (MB)", "checkpoint (MB)", "train seconds"],
                [[label, f"{1000 * v['cost']['step_seconds']:.1f}", f"{v['cost']['tokens_per_s']:,.0f}",

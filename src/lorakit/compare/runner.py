@@ -8,6 +8,7 @@ survive a resume and leave out evaluation time.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import signal
 import statistics
@@ -19,14 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from lorakit.compare.config import CompareConfig
-from lorakit.core.config import LoraConfig
+from lorakit.compare.config import GENERATION_CURVE, CompareConfig
+from lorakit.core.atomic import atomic_write
 from lorakit.core.errors import ConfigError, Interrupted
-from lorakit.core.io import atomic_write
-from lorakit.methods import ALL, trainable_count
+from lorakit.methods import METHODS, MethodOptions, trainable_count
 from lorakit.models import resolve_device
-from lorakit.train import checkpoint, tasks
-from lorakit.train.config import OPTION_USERS, DataConfig, MethodOptions, RunConfig, TrainConfig
+from lorakit.tasks import Task, task_for
+from lorakit.train import checkpoint
+from lorakit.train.config import RunConfig
 
 RESULT_FILE = "result.json"
 TIMELINE_FILE = "timeline.jsonl"
@@ -36,30 +37,25 @@ TIMELINE_FILE = "timeline.jsonl"
 class Prepared:
     """The data every run shares, tokenized once."""
 
+    task: Task
     train: list
     dev: list
     dev_records: list
     pad_id: int
-    kind: str
-    num_labels: int | None
-
-
-def data_config(config: CompareConfig) -> DataConfig:
-    return DataConfig(task=config.task, train=config.data, glue_task=config.glue_task, max_length=config.max_length,
-                      train_limit=config.train_limit, dev_limit=config.dev_limit)
 
 
 def run_config(config: CompareConfig, method: str, rank: int | None, seed: int, run_dir: Path) -> RunConfig:
-    lora = LoraConfig(rank=rank or config.rank, alpha=config.alpha, targets=config.targets)
-    train = TrainConfig(
-        steps=config.steps, batch_size=config.batch_size, lr=config.learning_rate(method), seed=seed,
-        warmup_steps=config.warmup_steps, eval_every=config.evaluation_interval, save_every=config.evaluation_interval,
-        keep_checkpoints=1, device=config.device, precision=config.precision,
-        best_metric="accuracy" if config.task == "glue" else "dev_loss",
-    )
-    sizes = {"bottleneck": config.bottleneck, "prefix_length": config.prefix_length}
-    options = MethodOptions(**{k: v for k, v in sizes.items() if method in OPTION_USERS[k]})  # the ones it reads
-    return RunConfig(method=method, run_dir=str(run_dir), data=data_config(config), lora=lora,
+    """The lorakit train config of one run: the comparison's sections with this method's rank, lr and seed."""
+    spec = METHODS[method]
+    lora = config.lora if rank is None else dataclasses.replace(config.lora, rank=rank)
+    interval = config.evaluation_interval
+    train = config.train.model_copy(update={
+        "lr": config.learning_rate(method), "seed": seed, "eval_every": interval, "save_every": interval,
+        "keep_checkpoints": 1, "best_metric": task_for(config.data).best_metric,
+    })
+    # Only the options the method reads, so a run's saved config never carries another method's sizes.
+    options = MethodOptions(**{k: getattr(config.method_options, k) for k in spec.sized_by})
+    return RunConfig(method=method, run_dir=str(run_dir), model=config.model, data=config.data, lora=lora,
                      method_options=options, train=train)
 
 
@@ -68,27 +64,28 @@ def prepare(config: CompareConfig) -> tuple[Prepared, nn.Module, Any]:
     shared data, a base model and its tokenizer. Every problem is reported in one ConfigError."""
     from lorakit.models import load
 
-    data = data_config(config)
-    kind, num_labels = tasks.model_kind(data)
-    model, tokenizer = load(config.model, kind=kind, num_labels=num_labels)
-    train_records = tasks.read_split(data, "train") or []
-    dev_records = tasks.read_split(data, "dev") or []
+    task = task_for(config.data)
+    train_records = task.read(config.data, "train") or []
+    dev_records = task.read(config.data, "dev") or []
+    model, tokenizer = load(config.model.name, kind=task.kind, num_labels=task.num_labels)
     problems = []
-    if len(train_records) < config.batch_size:
-        problems.append(f"only {len(train_records)} training examples for a batch of {config.batch_size}; lower "
-                        "--batch-size or add data")
+    if len(train_records) < config.train.batch_size:
+        problems.append(f"only {len(train_records)} training examples for a batch of {config.train.batch_size}; "
+                        "lower train.batch_size or add data")
     if not dev_records:
-        problems.append(f"no dev split found under {config.data}; a comparison needs dev data to evaluate")
+        problems.append(f"no dev split found for {config.data.train}; a comparison needs dev data to evaluate")
     for label, method, rank in config.variants():
+        rc = run_config(config, method, rank, 0, Path("."))
         try:
-            ALL[method](copy.deepcopy(model), run_config(config, method, rank, 0, Path(".")))
+            METHODS[method].prepare(copy.deepcopy(model), rc.lora, rc.method_options)
         except ConfigError as e:
-            problems.append(f"{label} cannot apply to {config.model}: {e}")
+            problems.append(f"{label} cannot apply to {config.model.name}: {e}")
     if problems:
         raise ConfigError("cannot run this comparison:\n  - " + "\n  - ".join(problems))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    prepared = Prepared(tasks.tokenize(data, train_records, tokenizer), tasks.tokenize(data, dev_records, tokenizer),
-                        dev_records, pad_id, kind, num_labels)
+    max_length = config.data.max_length
+    prepared = Prepared(task, task.tokenize(train_records, tokenizer, max_length),
+                        task.tokenize(dev_records, tokenizer, max_length), dev_records, pad_id)
     return prepared, model, tokenizer
 
 
@@ -117,7 +114,7 @@ def run_one(config: CompareConfig, prepared: Prepared, base: nn.Module, tokenize
     rc = run_config(config, method, rank, seed, run_dir)
     torch.manual_seed(seed)  # seeds adapter/prefix initialization; a resume overwrites it from the checkpoint
     model = copy.deepcopy(base)
-    export = ALL[method](model, rc)
+    export = METHODS[method].prepare(model, rc.lora, rc.method_options)
     trainable, total = trainable_count(model), sum(p.numel() for p in model.parameters())
     resume = bool(checkpoint.checkpoints(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +122,7 @@ def run_one(config: CompareConfig, prepared: Prepared, base: nn.Module, tokenize
     device = resolve_device(rc.train.device)  # where fit trains; its peak is read there, not on another device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    evaluate = tasks.metric_hook(data_config(config), prepared.dev, prepared.pad_id) or _bleu_curve_hook(
+    evaluate = prepared.task.dev_metrics(prepared.dev, prepared.pad_id) or _bleu_curve_hook(
         config, tokenizer, prepared.dev_records)
     result = fit(model, prepared.train, rc.train, prepared.dev, run_dir, pad_id=prepared.pad_id, export=export,
                  evaluate=evaluate, resume=resume, progress=progress, on_log=timeline.record)
@@ -135,8 +132,8 @@ def run_one(config: CompareConfig, prepared: Prepared, base: nn.Module, tokenize
     final = dict(next(r for r in reversed(result.records) if r["split"] == "dev"))
     final.pop("step")
     final.pop("split")
-    if config.task == "e2e":
-        final.update(_generation_metrics(config, model, tokenizer, prepared.dev_records))
+    if prepared.task.kind == "causal-lm":
+        final.update(_generation_metrics(config, prepared.task, model, tokenizer, prepared.dev_records))
     records = timeline.merged()
     steps = [r for r in records if r["split"] == "train"]
     out = {
@@ -188,35 +185,40 @@ class Timeline:
 
 
 def _bleu_curve_hook(config: CompareConfig, tokenizer: Any, dev_records: list) -> Any:
-    """E2E: at each dev evaluation, greedy BLEU (×100) over the first config.curve_inputs distinct dev inputs, the
-    main metric's convergence curve (the quality table's BLEU is the beam search after training); None if off."""
-    if config.task != "e2e" or not config.curve_inputs:
+    """Generation tasks: at each dev evaluation, greedy BLEU (×100) over the first config.curve_inputs distinct dev
+    inputs, the main metric's convergence curve (the quality table's BLEU is the beam search after training); None
+    if off."""
+    if not config.curve_inputs:
         return None
-    from lorakit.evaluate.decode import DecodeConfig, generate, prompt_ids
+    from lorakit.evaluate.config import DecodeConfig
+    from lorakit.evaluate.decode import generate, prompt_ids
     from lorakit.evaluate.mteval import bleu
-    from lorakit.evaluate.run import distinct_inputs
+    from lorakit.evaluate.score import distinct_inputs
 
+    max_length = config.data.max_length
     prompts, references = distinct_inputs(dev_records)
-    ids = prompt_ids(prompts[: config.curve_inputs], tokenizer, config.max_length)
+    ids = prompt_ids(prompts[: config.curve_inputs], tokenizer, max_length)
     references = references[: config.curve_inputs]
-    decode = DecodeConfig(beams=1, max_new_tokens=64, batch_size=16, max_prompt_length=config.max_length)
+    decode = DecodeConfig(beams=1, max_new_tokens=64, batch_size=16, max_prompt_length=max_length)
 
     def hook(model: nn.Module) -> dict[str, float]:
         texts = generate(model, tokenizer, ids, decode, progress=False)
-        return {"greedy_BLEU": 100.0 * bleu(texts, references)}
+        return {GENERATION_CURVE: 100.0 * bleu(texts, references)}
 
     return hook
 
 
-def _generation_metrics(config: CompareConfig, model: nn.Module, tokenizer: Any, dev_records: list) -> dict:
+def _generation_metrics(config: CompareConfig, task: Task, model: nn.Module, tokenizer: Any,
+                        dev_records: list) -> dict:
     from lorakit.data import group_references
-    from lorakit.evaluate.decode import DecodeConfig
-    from lorakit.evaluate.run import evaluate_generation
+    from lorakit.evaluate.config import DecodeConfig
 
     groups = {g for g, _ in group_references(dev_records)[: config.generate_limit]}
     pairs = [p for p in dev_records if p.group in groups]
-    decode = DecodeConfig(beams=config.beams, max_new_tokens=64, max_prompt_length=config.max_length)
-    metrics = evaluate_generation(model.eval(), tokenizer, pairs, decode, progress=False).metrics or {}
+    max_length = config.data.max_length
+    decode = DecodeConfig(beams=config.beams, max_new_tokens=64, max_prompt_length=max_length)
+    texts = task.predict(model.eval(), tokenizer, pairs, decode, max_length, progress=False)
+    metrics = task.score(pairs, texts) or {}
     return {k: v for k, v in metrics.items() if v is not None}
 
 

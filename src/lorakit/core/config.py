@@ -11,6 +11,8 @@ from lorakit.core.errors import ConfigError
 
 Bias = Literal["none", "all", "lora_only"]
 Init = Literal["kaiming", "gaussian", "pissa"]
+ALL_LINEAR = "all-linear"
+REGEX_PREFIX = "re:"
 BIAS_MODES: tuple[str, ...] = ("none", "all", "lora_only")
 INIT_MODES: tuple[str, ...] = ("kaiming", "gaussian", "pissa")
 
@@ -19,6 +21,9 @@ INIT_MODES: tuple[str, ...] = ("kaiming", "gaussian", "pissa")
 class LoraConfig:
     """A LoRA adapter's settings; validated on construction, every problem reported at once."""
 
+    # As a section of a pydantic schema (lorakit train's `lora:`), the same settings as core.schema.Schema.
+    __pydantic_config__ = {"extra": "forbid", "use_attribute_docstrings": True}  # noqa: RUF012
+
     rank: int = 8
     """Rank r of the update ΔW = (alpha/r)·B·A; B is (out x r), A is (r x in)."""
     alpha: float = 16.0
@@ -26,7 +31,8 @@ class LoraConfig:
     dropout: float = 0.0
     """Dropout probability on the LoRA path's input only; the base path never sees it."""
     targets: str | tuple[str, ...] = ("q_proj", "v_proj")
-    """Module names or name suffixes (a tuple), a regular expression (a string), or "all-linear"."""
+    """Modules to adapt: names or name suffixes (q_proj,v_proj), "all-linear", or a regular expression over whole
+    module paths written "re:PATTERN" (in Python a plain string is a regular expression too, as in PEFT)."""
     bias: Bias = "none"
     """Which biases train: none, every bias in the model ("all"), or those of adapted modules ("lora_only")."""
     init: Init = "kaiming"
@@ -44,6 +50,8 @@ class LoraConfig:
         # Normalize list inputs (from YAML/JSON/CLI) to tuples so the config stays hashable-ish and frozen.
         if isinstance(self.targets, list):
             object.__setattr__(self, "targets", tuple(self.targets))
+        elif isinstance(self.targets, str) and self.targets.startswith(REGEX_PREFIX):
+            object.__setattr__(self, "targets", self.targets[len(REGEX_PREFIX):])
         if isinstance(self.modules_to_save, (list, str)):
             mts = (self.modules_to_save,) if isinstance(self.modules_to_save, str) else self.modules_to_save
             object.__setattr__(self, "modules_to_save", tuple(mts))
@@ -110,3 +118,20 @@ class LoraConfig:
         if unknown:
             raise ConfigError(f"unknown LoraConfig keys {unknown}; known keys are {sorted(known)}")
         return cls(**dict(d))
+
+
+def parse_targets(value: str | Sequence[str]) -> str | tuple[str, ...]:
+    """Targets as configs and the command line write them: "q_proj,v_proj" (names or suffixes), "all-linear", or
+    "re:PATTERN" (a regular expression over whole module paths); a list is names. Returns LoraConfig.targets."""
+    if not isinstance(value, str):
+        return tuple(value)
+    if value.startswith(REGEX_PREFIX) or value == ALL_LINEAR:
+        return value.removeprefix(REGEX_PREFIX)
+    return tuple(t.strip() for t in value.split(",") if t.strip())
+
+
+def format_targets(targets: str | tuple[str, ...]) -> str | list[str]:
+    """LoraConfig.targets as parse_targets reads it back: a list of names, "all-linear", or "re:PATTERN"."""
+    if isinstance(targets, str):
+        return targets if targets == ALL_LINEAR else REGEX_PREFIX + targets
+    return list(targets)

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 from torch import nn
 
+from lorakit.core.config import ALL_LINEAR
 from lorakit.core.errors import TargetError
 from lorakit.core.state import is_wrapper
 
-ALL_LINEAR = "all-linear"
 SUPPORTED = ("Linear", "Conv1D", "Embedding", "Conv2d")
 # Block containers in the transformers models we know: Llama/Mistral/BERT ("layers"/"layer"), GPT-2 ("h").
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)")

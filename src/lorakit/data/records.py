@@ -28,7 +28,10 @@ class LabeledText:
 
     text: str
     text_pair: str | None
-    label: int
+    label: int | None
+    """None for an unlabeled (test) example."""
+    id: str | None = None
+    """The example's index in its file, where the file gives one (GLUE's test files do)."""
 
 
 def require_completions(pairs: Sequence[TextPair], source: str | Path) -> None:

@@ -118,7 +118,8 @@ def tokenize_labeled(
                 types[i] = cut["token_type_ids"][k]
         logger.warning("%d of %d texts were longer than max_length=%d and were cut; raise max_length to keep "
                        "them whole.", len(long), len(texts), max_length)
-    return [Example(input_ids=list(row), labels=[t.label], token_type_ids=None if types is None else list(types[i]))
+    return [Example(input_ids=list(row), labels=[IGNORE_INDEX if t.label is None else t.label],
+                    token_type_ids=None if types is None else list(types[i]))
             for i, (row, t) in enumerate(zip(ids, texts, strict=True))]
 
 

@@ -7,44 +7,16 @@ penalty 0.9, no repeated 4-grams, at most 64 new tokens.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
-from lorakit.core.errors import ConfigError
 from lorakit.data import IGNORE_INDEX, TextPair, tokenize_pairs
+from lorakit.evaluate.config import DecodeConfig
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-
-@dataclass(frozen=True)
-class DecodeConfig:
-    """How texts are generated."""
-
-    beams: int = 10
-    """Beam width (1 = greedy)."""
-    length_penalty: float = 0.9
-    """Beam scores are divided by length**length_penalty; below 1 favours shorter texts."""
-    no_repeat_ngram_size: int = 4
-    """Never generate an n-gram of this size twice (0 disables)."""
-    max_new_tokens: int = 64
-    """Stop after this many generated tokens."""
-    batch_size: int = 8
-    """Prompts decoded together (each expands to `beams` rows)."""
-    max_prompt_length: int = 512
-    """Prompts longer than this lose tokens from the left, as in training."""
-
-    def __post_init__(self) -> None:
-        problems = [f"{name} must be at least 1 (got {getattr(self, name)})"
-                    for name in ("beams", "max_new_tokens", "batch_size", "max_prompt_length")
-                    if getattr(self, name) < 1]
-        if self.no_repeat_ngram_size < 0:
-            problems.append(f"no_repeat_ngram_size must be 0 or more (got {self.no_repeat_ngram_size})")
-        if problems:
-            raise ConfigError("invalid DecodeConfig:\n  - " + "\n  - ".join(problems))
 
 
 def prompt_ids(
@@ -59,12 +31,14 @@ def prompt_ids(
 
 def generate(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
-    config: DecodeConfig = DecodeConfig(), progress: bool = True,
+    config: DecodeConfig | None = None, progress: bool = True,
 ) -> list[str]:
     """Generate one text per prompt (token ids), returned stripped, on one line, in the prompts' order.
 
-    Prompts are decoded longest first so each batch holds similar lengths and little padding.
+    Prompts are decoded longest first so each batch holds similar lengths and little padding. config defaults to
+    the paper's E2E decoding (DecodeConfig()).
     """
+    config = config or DecodeConfig()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -96,13 +70,12 @@ def _prompt_cache(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor,
     generate() repeats every prompt `beams` times before its first forward, so the prompt would be computed once
     per beam (10x on E2E, about a tenth of all decoding time there). Given this cache, generate() runs only the
     last prompt token and the new ones. Positions follow generate's own rule (the count of real tokens before).
-    Models whose forward is hooked by a lorakit prefix method, and one-token prompts, keep the plain path.
+    Models whose forward has a pre-hook (a prefix method adds positions there, which a cache computed without
+    the hook would miss), and one-token prompts, keep the plain path.
     """
     from transformers import DynamicCache
 
-    from lorakit.methods.prefix import ATTRIBUTE
-
-    if beams < 2 or ids.shape[1] < 2 or getattr(model, ATTRIBUTE, None) is not None:
+    if beams < 2 or ids.shape[1] < 2 or model._forward_pre_hooks:
         return {}
     cache = DynamicCache()
     positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)

@@ -1,27 +1,24 @@
-"""Baselines for comparison with LoRA (Hu et al., 2021, section 5.1): full fine-tuning, FT-top2, BitFit, Houlsby
-and Lin adapters, PreEmbed/PreLayer/prompt tuning, and the LoRA variants rsLoRA, DoRA, PiSSA and LoRA+prefix.
+"""Fine-tuning methods, LoRA's and the baselines it is compared with (Hu et al., 2021, section 5.1): full
+fine-tuning, FT-top2, BitFit, Houlsby and Lin adapters, PreEmbed/PreLayer/prompt tuning, and the LoRA variants
+rsLoRA, DoRA, PiSSA and LoRA+prefix.
 
-Each is a train-loop Method: `ALL[name](model, run_config)` prepares the model in place (sized by run_config.lora
-or run_config.method_options) and returns how its trained weights are saved; `load_method` puts a saved one back
-on a fresh base model.
+`METHODS[name].prepare(model, lora_config, method_options)` prepares a model in place and returns how its trained
+weights are saved (an Export); `load_method` puts a saved one back on a fresh base model.
 """
 
-import lorakit.train  # noqa: F401  (first: train.methods registers these methods and must define Export first)
-from lorakit.methods.counts import adapter_count, lora_count, prefix_embed_count, prefix_layer_count, trainable_count
-from lorakit.methods.registry import ALL, LORA_FAMILY, check_names, load_method
-from lorakit.methods.variants import load_dora
-from lorakit.train.config import MethodOptions
+from lorakit.core.lazy import lazy_names
+
+__getattr__, __dir__ = lazy_names(__name__, {
+    "lorakit.methods.counts": ["adapter_count", "lora_count", "prefix_embed_count", "prefix_layer_count",
+                               "trainable_count"],
+    "lorakit.methods.export": ["Export", "adapter_export", "default_export", "full_export"],
+    "lorakit.methods.options": ["MethodOptions"],
+    "lorakit.methods.registry": ["METHODS", "MethodSpec", "check_names", "load_method", "method", "unused_options"],
+    "lorakit.methods.variants": ["load_dora"],
+})
 
 __all__ = [
-    "ALL",
-    "LORA_FAMILY",
-    "MethodOptions",
-    "adapter_count",
-    "check_names",
-    "load_dora",
-    "load_method",
-    "lora_count",
-    "prefix_embed_count",
-    "prefix_layer_count",
-    "trainable_count",
+    "METHODS", "Export", "MethodOptions", "MethodSpec", "adapter_count", "adapter_export", "check_names",
+    "default_export", "full_export", "load_dora", "load_method", "lora_count", "method", "prefix_embed_count",
+    "prefix_layer_count", "trainable_count", "unused_options",
 ]

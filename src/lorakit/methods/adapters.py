@@ -19,18 +19,16 @@ away, which is the inference latency the paper measures (Table 1).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 from torch import nn
 
+from lorakit.core.config import LoraConfig
 from lorakit.core.errors import ConfigError
 from lorakit.methods.blocks import attention_output, blocks, hidden_size, mlp_output, norms, train_head
-from lorakit.methods.options import trained_export
-from lorakit.train.methods import Export
-
-if TYPE_CHECKING:
-    from lorakit.train.config import RunConfig
+from lorakit.methods.export import Export, trained_export
+from lorakit.methods.options import MethodOptions
 
 Design = Literal["houlsby", "lin"]
 ATTRIBUTE = "lorakit_adapter"
@@ -74,23 +72,23 @@ def insert_adapters(model: nn.Module, design: Design, bottleneck: int) -> list[B
     return added
 
 
-def adapter_h(model: nn.Module, config: RunConfig) -> Export:
+def adapter_h(model: nn.Module, lora: LoraConfig, options: MethodOptions) -> Export:
     """Adapter^H: two adapters per block plus the blocks' norms train (L̂_adpt = 2L, L̂_LN = the block norms)."""
     model.requires_grad_(False)
     block_norms = [norm for block in blocks(model) for norm in norms(block)]  # before adapters add modules
-    for adapter in insert_adapters(model, "houlsby", config.method_options.bottleneck):
+    for adapter in insert_adapters(model, "houlsby", options.bottleneck):
         adapter.requires_grad_(True)
     for norm in block_norms:
         norm.requires_grad_(True)
     train_head(model)
-    return trained_export("adapter-h", config)
+    return trained_export("adapter-h", lora, options)
 
 
-def adapter_l(model: nn.Module, config: RunConfig) -> Export:
+def adapter_l(model: nn.Module, lora: LoraConfig, options: MethodOptions) -> Export:
     """Adapter^L: one adapter with its own LayerNorm per block, after the MLP (L̂_adpt = L̂_LN = L)."""
     model.requires_grad_(False)
-    for adapter in insert_adapters(model, "lin", config.method_options.bottleneck):
+    for adapter in insert_adapters(model, "lin", options.bottleneck):
         adapter.requires_grad_(True)
     train_head(model)
-    return trained_export("adapter-l", config)
+    return trained_export("adapter-l", lora, options)
 

@@ -27,16 +27,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
+from lorakit.core.config import LoraConfig
 from lorakit.core.errors import ConfigError
 from lorakit.core.io import peft as peft_format
 from lorakit.methods.blocks import blocks, train_head
-from lorakit.methods.options import method_info
-from lorakit.train.methods import Export
+from lorakit.methods.export import Export, method_info
+from lorakit.methods.options import MethodOptions
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    from lorakit.train.config import RunConfig
 
 ATTRIBUTE = "lorakit_prefix"
 Init = Literal["normal", "vocab", "activations"]
@@ -158,25 +157,23 @@ def initial_activations(model: nn.Module, length: int, init: Init) -> torch.Tens
 
 
 def _prefix_method(name: str, init: Init) -> Any:
-    def method(model: nn.Module, config: RunConfig) -> Export:
-        activations = initial_activations(model, config.method_options.prefix_length, init)
+    def method(model: nn.Module, lora: LoraConfig, options: MethodOptions) -> Export:
+        activations = initial_activations(model, options.prefix_length, init)
         model.requires_grad_(False)
         insert_prefix(model, activations).requires_grad_(True)
         train_head(model)
-        return prefix_export(name, config, prompt=init != "activations")
+        return prefix_export(method_info(name, lora, options), prompt=init != "activations")
 
     method.__name__ = name.replace("-", "_")
     method.__doc__ = f"{name}: see lorakit.methods.prefix."
     return method
 
 
-def prefix_export(name: str, config: RunConfig, prompt: bool) -> Export:
+def prefix_export(info: dict[str, Any], prompt: bool) -> Export:
     """Input prompts go to PEFT's PROMPT_TUNING files (other trained tensors, e.g. a head, to trained.safetensors).
     PreLayer activations go to trained.safetensors, which lorakit loads, and their keys/values to PEFT's
     PREFIX_TUNING files for PEFT users (see save_prefix_tuning)."""
     from lorakit.methods.files import save_prompt, save_trained
-
-    info = method_info(name, config)
 
     def write(model: nn.Module, directory: Path) -> None:
         if prompt:

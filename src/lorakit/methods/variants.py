@@ -18,39 +18,35 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorakit.core.config import LoraConfig
 from lorakit.core.errors import AdapterError, ConfigError, MergeError
 from lorakit.core.inject import inject
 from lorakit.core.layers import MAGNITUDE, LoraLinear, apply_delta
 from lorakit.core.merge import row_norm
 from lorakit.core.state import wrappers
 from lorakit.methods.blocks import head_names
-from lorakit.methods.options import method_info
+from lorakit.methods.export import Export, method_info
+from lorakit.methods.options import MethodOptions
 from lorakit.methods.prefix import ATTRIBUTE as PREFIX
 from lorakit.methods.prefix import initial_activations, insert_prefix
-from lorakit.train.methods import Export
-
-if TYPE_CHECKING:
-    from lorakit.train.config import RunConfig
 
 
-def _lora_config(model: nn.Module, config: RunConfig, **changes: object):
-    """config.lora with `changes`, and a sequence-classification head added to modules_to_save."""
-    heads = tuple(h for h in head_names(model) if h not in config.lora.modules_to_save)
-    return dataclasses.replace(config.lora, modules_to_save=config.lora.modules_to_save + heads, **changes)
+def _lora_config(model: nn.Module, lora: LoraConfig, **changes: object) -> LoraConfig:
+    """`lora` with `changes`, and a sequence-classification head added to modules_to_save: the head starts random,
+    so every method must train it."""
+    heads = tuple(h for h in head_names(model) if h not in lora.modules_to_save)
+    return dataclasses.replace(lora, modules_to_save=lora.modules_to_save + heads, **changes)
 
 
-def lora_export(method: str, config: RunConfig) -> Export:
+def lora_export(info: dict) -> Export:
     """Adapter 'default' in PEFT's LoRA format (DoRA's too), plus lorakit_method.json naming the variant."""
     from lorakit.core.io import save_adapter
     from lorakit.methods.files import save_trained
-
-    info = method_info(method, config)
 
     def write(model: nn.Module, directory: Path) -> None:
         save_adapter(model, directory, "default")
@@ -59,30 +55,30 @@ def lora_export(method: str, config: RunConfig) -> Export:
     return Export("adapter", write)
 
 
-def lora(model: nn.Module, config: RunConfig) -> Export:
-    """Plain LoRA per config.lora (a classification head trains in full via modules_to_save)."""
-    inject(model, _lora_config(model, config), "default")
-    return lora_export("lora", config)
+def lora(model: nn.Module, lora: LoraConfig, options: MethodOptions) -> Export:
+    """Plain LoRA per `lora` (a classification head trains in full via modules_to_save)."""
+    inject(model, _lora_config(model, lora), "default")
+    return lora_export(method_info("lora", lora, options))
 
 
-def rslora(model: nn.Module, config: RunConfig) -> Export:
+def rslora(model: nn.Module, lora: LoraConfig, options: MethodOptions) -> Export:
     """LoRA scaled by alpha/√r."""
-    inject(model, _lora_config(model, config, rslora=True), "default")
-    return lora_export("rslora", config)
+    inject(model, _lora_config(model, lora, rslora=True), "default")
+    return lora_export(method_info("rslora", lora, options))
 
 
-def pissa(model: nn.Module, config: RunConfig) -> Export:
+def pissa(model: nn.Module, lora: LoraConfig, options: MethodOptions) -> Export:
     """LoRA initialized from the principal singular vectors of W."""
-    inject(model, _lora_config(model, config, init="pissa"), "default")
-    return lora_export("pissa", config)
+    inject(model, _lora_config(model, lora, init="pissa"), "default")
+    return lora_export(method_info("pissa", lora, options))
 
 
-def dora(model: nn.Module, config: RunConfig) -> Export:
+def dora(model: nn.Module, lora: LoraConfig, options: MethodOptions) -> Export:
     """Weight-decomposed LoRA; saved in PEFT's DoRA format."""
-    inject(model, _lora_config(model, config), "default")
+    inject(model, _lora_config(model, lora), "default")
     for _, layer in _dora_layers(model, "default"):
         _add_magnitude(layer, "default", row_norm(layer, "default")).requires_grad_(True)
-    return lora_export("dora", config)
+    return lora_export(method_info("dora", lora, options))
 
 
 def load_dora(model: nn.Module, directory: str | os.PathLike, name: str | None = None) -> str:
@@ -142,16 +138,16 @@ def _dora_hook(layer: LoraLinear, inputs: tuple, y: torch.Tensor) -> torch.Tenso
     return layer.base_layer(x) + (x_d @ update if layer.transposed else F.linear(x_d, update)).to(y.dtype)
 
 
-def lora_prefix(model: nn.Module, config: RunConfig) -> Export:
+def lora_prefix(model: nn.Module, lora: LoraConfig, options: MethodOptions) -> Export:
     """LoRA + PreEmbed: the LoRA adapter in PEFT's LoRA format, the prompt in PEFT's PROMPT_TUNING format under
     prompt/."""
     from lorakit.core.io import save_adapter
     from lorakit.methods.files import save_prompt, save_trained
 
-    activations = initial_activations(model, config.method_options.prefix_length, "normal")
-    inject(model, _lora_config(model, config), "default")
+    activations = initial_activations(model, options.prefix_length, "normal")
+    inject(model, _lora_config(model, lora), "default")
     insert_prefix(model, activations).requires_grad_(True)
-    info = method_info("lora+prefix", config)
+    info = method_info("lora+prefix", lora, options)
 
     def write(model: nn.Module, directory: Path) -> None:
         save_adapter(model, directory, "default")

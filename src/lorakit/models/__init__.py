@@ -1,19 +1,15 @@
 """Resolving built-in model names and local directories to (model, tokenizer), and device names to devices."""
 
-from lorakit.models.cache import cache_root
-from lorakit.models.device import resolve_device
-from lorakit.models.errors import ModelError
-from lorakit.models.loader import load
-from lorakit.models.registry import BUILTINS, KINDS, Builtin, Kind, builtin
+from lorakit.core.lazy import lazy_names
 
-__all__ = [
-    "BUILTINS",
-    "KINDS",
-    "Builtin",
-    "Kind",
-    "ModelError",
-    "builtin",
-    "cache_root",
-    "load",
-    "resolve_device",
-]
+__getattr__, __dir__ = lazy_names(__name__, {
+    "lorakit.models.cache": ["cache_root"],
+    "lorakit.models.config": ["ModelConfig"],
+    "lorakit.models.device": ["resolve_device"],
+    "lorakit.models.errors": ["ModelError"],
+    "lorakit.models.loader": ["load"],
+    "lorakit.models.registry": ["BUILTINS", "KINDS", "Builtin", "Kind", "builtin"],
+})
+
+__all__ = ["BUILTINS", "KINDS", "Builtin", "Kind", "ModelConfig", "ModelError", "builtin", "cache_root", "load",
+           "resolve_device"]

@@ -9,41 +9,19 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 import lorakit
-from lorakit.core.io import atomic_write
+from lorakit.core.atomic import atomic_write
 from lorakit.data import TextPair, e2e_prompt, tokenize_pairs
 from lorakit.evaluate import bleu
-from lorakit.evaluate.decode import DecodeConfig, generate, prompt_ids
+from lorakit.evaluate.config import DecodeConfig
+from lorakit.evaluate.decode import generate, prompt_ids
 from lorakit.quickstart import restaurants_path
+from lorakit.quickstart.config import QuickstartConfig
 from lorakit.train import TrainConfig, fit
-
-
-@dataclass(frozen=True)
-class QuickstartConfig:
-    """What the quickstart trains and shows."""
-
-    model: str = "smollm2-135m"
-    """Built-in model name or a local transformers directory."""
-    steps: int = 90
-    """Optimizer steps (batch 8): about 2 passes over the 320 training records."""
-    lr: float = 2e-3
-    """Peak learning rate (10 warmup steps, then linear decay)."""
-    rank: int = 8
-    """LoRA rank on q_proj and v_proj."""
-    heldout: int = 24
-    """Held-out records to generate for and score, before and after."""
-    show: int = 3
-    """Records printed side by side."""
-    out_dir: str = "runs/quickstart"
-    """Where the adapter and a summary.json are written."""
-    device: str = "auto"
-    """auto, cpu or cuda."""
-    seed: int = 0
 
 
 def read_restaurants(path: Path | None = None) -> tuple[list[TextPair], list[TextPair]]:
@@ -56,10 +34,11 @@ def read_restaurants(path: Path | None = None) -> tuple[list[TextPair], list[Tex
     return train, held
 
 
-def run(config: QuickstartConfig = QuickstartConfig()) -> dict:
+def run(config: QuickstartConfig | None = None, progress: bool = True) -> dict:
     """Train, compare, save; print as it goes and return the summary that is also written to summary.json."""
     from lorakit.models import load
 
+    config = config or QuickstartConfig()
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     print(f"Loading {config.model} ...", flush=True)
@@ -71,7 +50,7 @@ def run(config: QuickstartConfig = QuickstartConfig()) -> dict:
     decode = DecodeConfig(beams=1, no_repeat_ngram_size=0, max_new_tokens=64, batch_size=12)
 
     print(f"Generating {len(held_pairs)} held-out descriptions with the base model ...", flush=True)
-    before = generate(model, tokenizer, prompts, decode)
+    before = generate(model, tokenizer, prompts, decode, progress=progress)
 
     lora = lorakit.LoraConfig(rank=config.rank, alpha=2.0 * config.rank, targets=("q_proj", "v_proj"))
     lorakit.inject(model, lora)
@@ -80,10 +59,10 @@ def run(config: QuickstartConfig = QuickstartConfig()) -> dict:
           f"({100 * report.trainable / report.total:.3f}%)", flush=True)
     train_config = TrainConfig(steps=config.steps, batch_size=8, lr=config.lr, warmup_steps=10, weight_decay=0.0,
                                seed=config.seed, device=config.device, log_every=10)
-    result = fit(model, examples, train_config, pad_id=tokenizer.pad_token_id or 0)
+    result = fit(model, examples, train_config, pad_id=tokenizer.pad_token_id or 0, progress=progress)
 
     print("Generating again with the adapter ...", flush=True)
-    after = generate(model, tokenizer, prompts, decode)
+    after = generate(model, tokenizer, prompts, decode, progress=progress)
     refs = [[p.completion] for p in held_pairs]
     scores = {"before": 100 * bleu(before, refs), "after": 100 * bleu(after, refs)}
 

@@ -1,29 +1,16 @@
-"""Training: one loop (`fit`), YAML configs, checkpoints with exact resume, data parallelism, method hooks.
+"""Training: one loop (`fit`), YAML configs, checkpoints with exact resume, data parallelism.
 
-`lorakit.train.hf.LorakitCallback` saves adapters from inside transformers.Trainer (imported on its own, since
-it imports the Trainer machinery)."""
+`lorakit.train.hf` trains lorakit-wrapped models inside transformers.Trainer (imported on its own, since it
+imports the Trainer machinery)."""
 
-from lorakit.train.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config
-from lorakit.train.loop import TrainingError, TrainResult, cross_entropy_sum, fit
-from lorakit.train.methods import METHODS, Export, Method, adapter_export, full_export
-from lorakit.train.run import train
-from lorakit.train.schedule import lr_at
+from lorakit.core.lazy import lazy_names
 
-__all__ = [
-    "METHODS",
-    "DataConfig",
-    "Export",
-    "Method",
-    "ModelConfig",
-    "RunConfig",
-    "TrainConfig",
-    "TrainResult",
-    "TrainingError",
-    "adapter_export",
-    "cross_entropy_sum",
-    "fit",
-    "full_export",
-    "load_config",
-    "lr_at",
-    "train",
-]
+__getattr__, __dir__ = lazy_names(__name__, {
+    "lorakit.train.config": ["RunConfig", "TrainConfig", "load_config"],
+    "lorakit.train.loop": ["TrainingError", "TrainResult", "cross_entropy_sum", "fit"],
+    "lorakit.train.run": ["train"],
+    "lorakit.train.schedule": ["lr_at"],
+})
+
+__all__ = ["RunConfig", "TrainConfig", "TrainResult", "TrainingError", "cross_entropy_sum", "fit", "load_config",
+           "lr_at", "train"]

@@ -30,9 +30,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lorakit.core.atomic import write_atomically
 from lorakit.core.errors import LoraError
-from lorakit.models.cache import write_atomically
-from lorakit.train.methods import Export
+from lorakit.methods.export import Export
 
 STEP_DIR = re.compile(r"step-(\d+)")
 MANIFEST = "manifest.json"

@@ -22,16 +22,14 @@ from torch import nn
 
 from lorakit.core.errors import ConfigError, LoraError
 from lorakit.data import IGNORE_INDEX, Example, collate, model_inputs
+from lorakit.methods.export import Export, default_export
+from lorakit.tasks.base import Evaluate
 from lorakit.train import checkpoint, distributed
 from lorakit.train.batches import BatchOrder, micro_batches, step_seed
 from lorakit.train.config import TrainConfig
 from lorakit.train.logging import RunLog
-from lorakit.train.methods import Export, default_export
 from lorakit.train.precision import frozen_linears_to
 from lorakit.train.schedule import lr_at
-
-Evaluate = Callable[[nn.Module], dict[str, float]]
-"""A task-metric hook: called with the (unwrapped, eval-mode) model at each dev evaluation on rank 0."""
 
 
 class TrainingError(LoraError):

@@ -12,10 +12,11 @@ import yaml
 
 from lorakit.core.errors import ConfigError
 from lorakit.core.params import count_parameters
-from lorakit.train import checkpoint, distributed, tasks
+from lorakit.methods import METHODS, Export
+from lorakit.tasks import task_for
+from lorakit.train import checkpoint, distributed
 from lorakit.train.config import RunConfig, config_from_dict
 from lorakit.train.loop import TrainResult, fit
-from lorakit.train.methods import METHODS, Export
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -31,15 +32,16 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> Tra
 
     run = Path(config.run_dir)
     _check_run_dir(run, config, resume)
-    kind, num_labels = tasks.model_kind(config.data)
-    train_records = tasks.read_split(config.data, "train")  # read first: a data error costs no model load
-    dev_records = tasks.read_split(config.data, "dev")
+    task = task_for(config.data)
+    train_records = task.read(config.data, "train")  # read first: a data error costs no model load
+    dev_records = task.read(config.data, "dev")
     # Seeds the LoRA A matrices and any fresh classifier head; a resumed run overwrites both from its checkpoint.
     torch.manual_seed(config.train.seed)
-    model, tokenizer = load(config.model.name, kind=kind, num_labels=num_labels)
-    export = _with_tokenizer(METHODS[config.method](model, config), tokenizer)
-    train_examples = tasks.tokenize(config.data, train_records, tokenizer)
-    dev_examples = tasks.tokenize(config.data, dev_records, tokenizer) if dev_records else None
+    model, tokenizer = load(config.model.name, kind=task.kind, num_labels=task.num_labels)
+    export = _with_tokenizer(METHODS[config.method].prepare(model, config.lora, config.method_options), tokenizer)
+    max_length = config.data.max_length
+    train_examples = task.tokenize(train_records, tokenizer, max_length)
+    dev_examples = task.tokenize(dev_records, tokenizer, max_length) if dev_records else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     where = distributed.setup(config.train.device)
     if where.is_main:
@@ -53,7 +55,7 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> Tra
                   file=sys.stderr)
     return fit(
         model, train_examples, config.train, dev_examples, run, pad_id=pad_id, export=export,
-        evaluate=tasks.metric_hook(config.data, dev_examples, pad_id), resume=resume, progress=progress,
+        evaluate=task.dev_metrics(dev_examples, pad_id) if dev_examples else None, resume=resume, progress=progress,
     )
 
 

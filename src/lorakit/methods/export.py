@@ -1,20 +1,16 @@
-"""Fine-tuning methods: each prepares a model for training and says how its trained weights are saved.
-
-The loop knows only this interface, so a new method (BitFit, adapters, prefix tuning) is one function that sets
-`requires_grad` (and adds modules) plus an Export, registered in METHODS; nothing in the loop changes.
-"""
+"""How a method's trained weights are written: an Export per method, into a checkpoint's sub-directory."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from torch import nn
 
-if TYPE_CHECKING:
-    from lorakit.train.config import RunConfig
+from lorakit.core.config import LoraConfig
+from lorakit.methods.options import MethodOptions
 
 
 @dataclass(frozen=True)
@@ -24,10 +20,6 @@ class Export:
     name: str
     """Sub-directory of each checkpoint holding the weights, e.g. 'adapter' or 'model'."""
     write: Callable[[nn.Module, Path], None]
-
-
-Method = Callable[[nn.Module, "RunConfig"], Export]
-"""Prepares `model` in place for training (what trains, what is added) and returns how to save it."""
 
 
 def adapter_export(name: str = "default") -> Export:
@@ -58,22 +50,18 @@ def default_export(model: nn.Module) -> Export:
     return adapter_export(state.active) if state is not None and state.active else full_export()
 
 
-def lora(model: nn.Module, config: RunConfig) -> Export:
-    """Inject adapter 'default' per config.lora; only it (and its modules_to_save) trains."""
-    from lorakit.core.inject import inject
-
-    inject(model, config.lora, "default")
-    return adapter_export("default")
+def method_info(method: str, lora: LoraConfig, options: MethodOptions) -> dict[str, Any]:
+    """What load_method needs to rebuild a method's modules before loading its tensors (lorakit_method.json)."""
+    return {"format": "lorakit-method/1", "method": method, "options": options.to_dict(), "lora": lora.to_dict()}
 
 
-def full(model: nn.Module, config: RunConfig) -> Export:
-    """Train every parameter (the paper's FT baseline)."""
-    model.requires_grad_(True)
-    return full_export()
+def trained_export(method: str, lora: LoraConfig, options: MethodOptions) -> Export:
+    """Save every trainable parameter plus the method's name and options (methods/files.py)."""
+    from lorakit.methods.files import save_trained
 
+    info = method_info(method, lora, options)
 
-from lorakit.methods.registry import ALL as COMPARISON_METHODS  # noqa: E402  (they import Export from above)
+    def write(model: nn.Module, directory: Path) -> None:
+        save_trained(model, directory, info)
 
-METHODS: dict[str, Method] = {"lora": lora, "full": full,
-                              **{k: m for k, m in COMPARISON_METHODS.items() if k not in ("lora", "full")}}
-"""Method name (RunConfig.method, `--method`) -> function."""
+    return Export("adapter", write)
