@@ -269,22 +269,15 @@ async def soak(url: str, jobs: list[tuple[str, str]], solo: dict, new: int, seco
 
 
 @contextmanager
-def served(use_random: bool, dtype: str, dirs: list[Path], threads: int, source: str | None = None):
+def served(use_random: bool, dtype: str, dirs: list[Path], threads: int):
     """(url, process) of a benchmark server (serve_process) on a free loopback port, answering /health; stopped
-    afterwards. `source`: a lorakit `src` folder the server process imports instead of this checkout's (a spawned
-    process starts with its parent's sys.path)."""
+    afterwards."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    saved = list(sys.path)
-    if source is not None:
-        sys.path.insert(0, source)
-    try:
-        proc = mp.get_context("spawn").Process(target=serve_process,
-                                               args=(use_random, dtype, [str(d) for d in dirs], port, threads))
-        proc.start()
-    finally:
-        sys.path[:] = saved
+    proc = mp.get_context("spawn").Process(target=serve_process,
+                                           args=(use_random, dtype, [str(d) for d in dirs], port, threads))
+    proc.start()
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for_health(url, proc)

@@ -165,7 +165,7 @@ class Timeline:
 
     def record(self, entry: dict[str, Any]) -> None:
         now = time.perf_counter()
-        if self.base is None:  # first record of this session: continue from the last one before its step
+        if self.base is None:  # first record since this (re)start: continue from the last one before its step
             earlier = [e["train_seconds"] for e in self.entries if e["step"] < entry["step"]]
             self.base = max(earlier, default=0.0)
         row = {k: v for k, v in entry.items() if isinstance(v, (int, float, str))}

@@ -74,7 +74,7 @@ def _check_run_dir(run: Path, config: RunConfig, resume: bool) -> None:
                           "--run_dir to a new directory")
     if resume and (run / CONFIG_FILE).is_file():
         before, now = read_run_config(run).to_dict(), config.to_dict()
-        # The device may change between sessions (e.g. resume a GPU run on CPU); everything else must match.
+        # The device may change across a resume (e.g. resume a GPU run on CPU); everything else must match.
         before["train"].pop("device")
         now["train"].pop("device")
         changed = [f"{section}.{key}" for section, values in now.items() if isinstance(values, dict)
