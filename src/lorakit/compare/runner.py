@@ -25,7 +25,7 @@ from lorakit.core.atomic import atomic_write
 from lorakit.core.errors import ConfigError, Interrupted
 from lorakit.methods import METHODS, MethodOptions, trainable_count
 from lorakit.models import resolve_device
-from lorakit.tasks import Task, task_for
+from lorakit.tasks import Task, read_split, task_for
 from lorakit.train import checkpoint
 from lorakit.train.config import RunConfig
 
@@ -65,8 +65,8 @@ def prepare(config: CompareConfig) -> tuple[Prepared, nn.Module, Any]:
     from lorakit.models import load
 
     task = task_for(config.data)
-    train_records = task.read(config.data, "train") or []
-    dev_records = task.read(config.data, "dev") or []
+    train_records = read_split(config.data, "train") or []
+    dev_records = read_split(config.data, "dev") or []
     model, tokenizer = load(config.model.name, kind=task.kind, num_labels=task.num_labels)
     problems = []
     if len(train_records) < config.train.batch_size:

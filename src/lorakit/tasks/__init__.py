@@ -8,8 +8,8 @@ from lorakit.core.lazy import lazy_names
 
 __getattr__, __dir__ = lazy_names(__name__, {
     "lorakit.tasks.base": ["Evaluate", "Split", "Task"],
-    "lorakit.tasks.config": ["DataConfig"],
-    "lorakit.tasks.registry": ["TASKS", "task_for"],
+    "lorakit.tasks.config": ["DataConfig", "read_split", "task_for"],
+    "lorakit.tasks.registry": ["TASKS", "task_named"],
 })
 
-__all__ = ["TASKS", "DataConfig", "Evaluate", "Split", "Task", "task_for"]
+__all__ = ["TASKS", "DataConfig", "Evaluate", "Split", "Task", "read_split", "task_for", "task_named"]

@@ -11,17 +11,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from torch import nn
-
 if TYPE_CHECKING:
+    from torch import nn
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from lorakit.data import Example
     from lorakit.evaluate.config import DecodeConfig
-    from lorakit.tasks.config import DataConfig
 
 Split = Literal["train", "dev", "test"]
-Evaluate = Callable[[nn.Module], dict[str, float]]
+Evaluate = Callable[["nn.Module"], dict[str, float]]
 """A task-metric hook: called with the (unwrapped, eval-mode) model at each dev evaluation."""
 
 
@@ -35,9 +33,12 @@ class Task(Protocol):
     """Classes of a seq-cls task; None for generation."""
     best_metric: str
     """The dev metric that picks a run's best checkpoint by default."""
+    splits_in_directory: bool
+    """Whether its reader finds every split inside one directory (E2E's and GLUE's releases), so that dev and test
+    default to the train directory."""
 
-    def read(self, data: DataConfig, split: Split) -> list | None:
-        """The records of a split, cut to the configured limit; None when the split does not exist."""
+    def read(self, path: str | Path, split: Split) -> list:
+        """The records of `split` from a file, or from a directory holding the split's file."""
         ...
 
     def tokenize(self, records: Sequence, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[Example]:
@@ -60,21 +61,6 @@ class Task(Protocol):
     def write_predictions(self, out: Path, records: Sequence, predictions: Sequence) -> list[Path]:
         """Write the predictions in the task's own formats (e.g. GLUE's submission file); returns the files."""
         ...
-
-
-def split_path(data: DataConfig, split: Split, default_dirs: bool) -> str | None:
-    """The file or directory a split is read from: the config's own path for it, else (where the task finds its
-    splits inside one directory, `default_dirs`) the train directory; None when there is none."""
-    given = {"train": data.train, "dev": data.dev, "test": data.test}[split]
-    if given is not None:
-        return given
-    return data.train if default_dirs and Path(data.train).is_dir() else None
-
-
-def cut(records: list, data: DataConfig, split: Split) -> list:
-    """The first train_limit / dev_limit records of a split, or all."""
-    limit = {"train": data.train_limit, "dev": data.dev_limit, "test": None}[split]
-    return records[:limit] if limit else records
 
 
 def write_text(path: Path, text: str) -> Path:

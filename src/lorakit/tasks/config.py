@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, field_validator, model_validator
 
 from lorakit.core.schema import Schema
+from lorakit.tasks.base import Split, Task
+from lorakit.tasks.registry import TASKS, task_named, task_problems
 
 
 class DataConfig(Schema):
@@ -33,17 +37,32 @@ class DataConfig(Schema):
     @field_validator("task")
     @classmethod
     def _known_task(cls, name: str) -> str:
-        from lorakit.tasks.registry import TASKS  # here: the schema itself stays importable without torch
-
         if name not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)} (got {name!r})")
         return name
 
     @model_validator(mode="after")
     def _glue_task_fits(self) -> DataConfig:
-        from lorakit.tasks.registry import task_problems
-
         problems = task_problems(self.task, self.glue_task)
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def task_for(data: DataConfig) -> Task:
+    """The Task a data config describes."""
+    return task_named(data.task, data.glue_task)
+
+
+def read_split(data: DataConfig, split: Split) -> list | None:
+    """The records of a split from the config's path for it (dev and test default to the train directory where
+    the task keeps its splits in one), cut to train_limit / dev_limit; None when the split has no data."""
+    task = task_for(data)
+    path = {"train": data.train, "dev": data.dev, "test": data.test}[split]
+    if path is None and task.splits_in_directory and Path(data.train).is_dir():
+        path = data.train
+    if path is None:
+        return None
+    records = task.read(path, split)
+    limit = {"train": data.train_limit, "dev": data.dev_limit, "test": None}[split]
+    return records[:limit] if limit else records

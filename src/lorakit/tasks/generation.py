@@ -11,15 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from lorakit.data import TextPair, e2e_prompt, read_e2e, read_instruct, read_jsonl, require_completions, tokenize_pairs
-from lorakit.tasks.base import Evaluate, Split, cut, lines_file, split_path
+from lorakit.data.e2e import e2e_prompt, read_e2e
+from lorakit.data.instruct import read_instruct
+from lorakit.data.jsonl import read_jsonl
+from lorakit.data.records import TextPair, require_completions
+from lorakit.tasks.base import Evaluate, Split, lines_file
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from lorakit.data import Example
     from lorakit.evaluate.config import DecodeConfig
-    from lorakit.tasks.config import DataConfig
 
 
 @dataclass(frozen=True)
@@ -39,17 +41,16 @@ class GenerationTask:
     num_labels: None = None
     best_metric: str = "dev_loss"
 
-    def read(self, data: DataConfig, split: Split) -> list[TextPair] | None:
-        path = split_path(data, split, self.splits_in_directory)
-        if path is None:
-            return None
-        records = cut(self.reader(path, split if Path(path).is_dir() else None), data, split)
+    def read(self, path: str | Path, split: Split) -> list[TextPair]:
+        records = self.reader(str(path), split if Path(path).is_dir() else None)
         if split != "test":  # training and dev loss need a completion to score
             require_completions(records, path)
         return records
 
     def tokenize(self, records: Sequence[TextPair], tokenizer: PreTrainedTokenizerBase,
                  max_length: int) -> list[Example]:
+        from lorakit.data.tokenize import tokenize_pairs
+
         return tokenize_pairs(records, tokenizer, max_length, chat=self.chat)
 
     def dev_metrics(self, dev_examples: Sequence[Example], pad_id: int) -> Evaluate | None:

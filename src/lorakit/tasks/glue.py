@@ -8,17 +8,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from lorakit.data import GlueTask as GlueLayout
-from lorakit.data import LabeledText, glue_task, read_glue, tokenize_labeled
+from lorakit.data.glue import GlueTask as GlueLayout
+from lorakit.data.glue import glue_task, read_glue
+from lorakit.data.records import LabeledText
 from lorakit.evaluate.metrics import accuracy, f1, matthews_corrcoef
-from lorakit.tasks.base import Evaluate, Split, cut, lines_file, split_path, write_text
+from lorakit.tasks.base import Evaluate, Split, lines_file, write_text
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from lorakit.data import Example
     from lorakit.evaluate.config import DecodeConfig
-    from lorakit.tasks.config import DataConfig
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Glue:
     kind: Literal["seq-cls"] = "seq-cls"
     name: str = "glue"
     best_metric: str = "accuracy"
+    splits_in_directory: bool = True
 
     @property
     def layout(self) -> GlueLayout:
@@ -38,14 +39,13 @@ class Glue:
     def num_labels(self) -> int:
         return self.layout.num_labels
 
-    def read(self, data: DataConfig, split: Split) -> list[LabeledText] | None:
-        path = split_path(data, split, default_dirs=True)
-        if path is None:
-            return None
-        return cut(read_glue(self.glue_name, path, split if Path(path).is_dir() else None), data, split)
+    def read(self, path: str | Path, split: Split) -> list[LabeledText]:
+        return read_glue(self.glue_name, path, split if Path(path).is_dir() else None)
 
     def tokenize(self, records: Sequence[LabeledText], tokenizer: PreTrainedTokenizerBase,
                  max_length: int) -> list[Example]:
+        from lorakit.data.tokenize import tokenize_labeled
+
         return tokenize_labeled(records, tokenizer, max_length)
 
     def dev_metrics(self, dev_examples: Sequence[Example], pad_id: int) -> Evaluate:

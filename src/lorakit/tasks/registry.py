@@ -1,16 +1,11 @@
-"""The tasks by name: `task_for(data_config)` is the one place that turns a task name into its behaviour."""
+"""The tasks by name: `task_named` is the one place that turns a task name into its behaviour."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from lorakit.data import GLUE_TASKS
+from lorakit.data.glue import GLUE_TASKS
 from lorakit.tasks.base import Task
 from lorakit.tasks.generation import E2E, INSTRUCT, JSONL
 from lorakit.tasks.glue import Glue
-
-if TYPE_CHECKING:
-    from lorakit.tasks.config import DataConfig
 
 GENERATION: dict[str, Task] = {t.name: t for t in (E2E, INSTRUCT, JSONL)}
 TASKS: tuple[str, ...] = (*GENERATION, "glue")
@@ -26,6 +21,6 @@ def task_problems(name: str, glue_task: str | None) -> list[str]:
     return []
 
 
-def task_for(data: DataConfig) -> Task:
-    """The Task a data config describes."""
-    return Glue(data.glue_task) if data.task == "glue" else GENERATION[data.task]
+def task_named(name: str, glue_task: str | None = None) -> Task:
+    """The Task called `name` (with its GLUE sub-task for glue)."""
+    return Glue(glue_task or "") if name == "glue" else GENERATION[name]

@@ -13,7 +13,7 @@ import yaml
 from lorakit.core.errors import ConfigError
 from lorakit.core.params import count_parameters
 from lorakit.methods import METHODS, Export
-from lorakit.tasks import task_for
+from lorakit.tasks import read_split, task_for
 from lorakit.train import checkpoint, distributed
 from lorakit.train.config import RunConfig, config_from_dict
 from lorakit.train.loop import TrainResult, fit
@@ -33,8 +33,8 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> Tra
     run = Path(config.run_dir)
     _check_run_dir(run, config, resume)
     task = task_for(config.data)
-    train_records = task.read(config.data, "train")  # read first: a data error costs no model load
-    dev_records = task.read(config.data, "dev")
+    train_records = read_split(config.data, "train")  # read first: a data error costs no model load
+    dev_records = read_split(config.data, "dev")
     # Seeds the LoRA A matrices and any fresh classifier head; a resumed run overwrites both from its checkpoint.
     torch.manual_seed(config.train.seed)
     model, tokenizer = load(config.model.name, kind=task.kind, num_labels=task.num_labels)

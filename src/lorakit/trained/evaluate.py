@@ -9,7 +9,7 @@ from typing import Any
 from lorakit.core.atomic import atomic_write
 from lorakit.core.errors import ConfigError
 from lorakit.evaluate.config import DecodeConfig
-from lorakit.tasks import Split, task_for
+from lorakit.tasks import Split, read_split, task_for
 from lorakit.trained.load import Target, load_trained
 
 
@@ -20,7 +20,7 @@ def evaluate(target: Target, split: Split, out: Path, decode: DecodeConfig | Non
     has references or labels, and write metrics.json plus the task's prediction files into `out`; returns what
     metrics.json holds, with the written files under "files"."""
     task = task_for(target.data)
-    records = task.read(target.data, split)
+    records = read_split(target.data, split)
     if records is None:
         raise ConfigError(f"no {split} data for task {target.data.task}: give its file or directory with --data")
     records = records[:limit] if limit else records
