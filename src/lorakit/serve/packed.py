@@ -39,7 +39,7 @@ class Packed:
 
     def __init__(self, weight: torch.Tensor):
         w = weight.detach().to(torch.bfloat16).contiguous()
-        self.onednn = torch.backends.mkldnn.is_available()
+        self.onednn = _onednn_bf16()
         self.weight = torch.ops.mkldnn._reorder_linear_weight(w, ROWS) if self.onednn else w
         self.out_features, self.in_features = w.shape
         self.sizes: dict[int, tuple[int, ...]] = {}
@@ -97,6 +97,18 @@ class Packed:
         if self.onednn:
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
         return F.linear(x, self.weight)
+
+
+@functools.cache
+def _onednn_bf16() -> bool:
+    """Whether oneDNN multiplies bf16 weights on this CPU (it needs AVX512-BW/VL/DQ or AVX-NE-CONVERT)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=torch.bfloat16), ROWS)
+    except RuntimeError:
+        return False
+    return True
 
 
 @functools.cache
