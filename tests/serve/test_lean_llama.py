@@ -12,8 +12,7 @@ from serve_support import save_adapter, tiny_model, tiny_server, tiny_tokenizer
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import lorakit
-from lorakit.core import kernel
-from lorakit.serve import llama
+from lorakit.serve import kernels, llama
 from lorakit.serve.engine import Engine, Event
 from lorakit.serve.llama import LeanLlama, unsupported
 from lorakit.serve.pool import AdapterPool
@@ -203,7 +202,7 @@ def test_only_bf16_llama_models_on_the_cpu_take_the_lean_forward(tmp_path):
 
 
 def test_without_the_lora_kernel_the_engine_serves_through_transformers(tmp_path, monkeypatch):
-    monkeypatch.setattr(kernel, "_loaded", (None, "no C compiler found (the test says so)"))
+    monkeypatch.setattr(kernels.LIBRARY, "_loaded", (None, "no C compiler found (the test says so)"))
     path = save_adapter(tmp_path / "a", lorakit.LoraConfig(rank=4, targets=("q_proj", "v_proj")), seed=3)
     model = tiny_model().to(torch.bfloat16)
     assert "no C compiler found" in unsupported(model)

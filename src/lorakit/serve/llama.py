@@ -17,10 +17,10 @@ through gives bit-identical results whatever else is in the batch (each checked 
   products are written into persistent zero-padded buffers (Packed.slot); everything between the products runs
   on the real rows only;
 - each request owns a slot of the KV cache, and in a decode step each row attends over exactly its own keys in
-  one C kernel call per layer (core/kernels.c, lk_decode_attention: fp32, each row and head on its own). It
+  one C kernel call per layer (serve/kernels.c, lk_decode_attention: fp32, each row and head on its own). It
   replaced sdpa over each row's keys rounded up to a bucket of 64 (masked), batched by width with the cache
   gathered per group: bench/lean_ab.py 0.927 at 8 rows, 0.903 at 32;
-- LoRA with each row's own factors, in lorakit's C kernel (core/kernels.c, lk_lora_rows): for each row, t = x·Aᵀ
+- LoRA with each row's own factors, in lorakit's C kernel (serve/kernels.c, lk_lora_rows): for each row, t = x·Aᵀ
   and then, on each adapted target's span of the fused output, the sum of t·(s·Bᵀ), in fp32, added to the bf16
   product and rounded once. Each row is summed on its own in a fixed order, so it does not depend on the other
   rows; each distinct adapter's factors are stored once, not copied for every row using it; rows are grouped by
@@ -61,11 +61,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorakit.core import kernel
 from lorakit.core.errors import AdapterError
 from lorakit.core.inject import wrappers
 from lorakit.core.layers import MAGNITUDE, LoraLinear
 from lorakit.core.state import ATTR
+from lorakit.serve import kernels
 from lorakit.serve.kv import SlotCache
 from lorakit.serve.packed import PREFILL_MAX, PREFILL_ROWS, ROWS, Packed, exact_counts
 from lorakit.serve.rope import RopeTable
@@ -78,7 +78,7 @@ TARGETS = tuple(t for targets in PRODUCTS.values() for t in targets)
 
 
 class Group(NamedTuple):
-    """One fused product's LoRA for the rows whose adapters have the same ranks there, for kernel.lora_rows. The
+    """One fused product's LoRA for the rows whose adapters have the same ranks there, for kernels.lora_rows. The
     factors of each distinct adapter among them are stored once, in bf16."""
 
     rows: torch.Tensor | None
@@ -91,7 +91,7 @@ class Group(NamedTuple):
     """(adapters x Σr, out): row j·Σr + r is row r of adapter j's s·Bᵀ over the whole fused output (zero outside its
     target's span, which the kernel does not read)."""
     targets: object
-    """kernel.lora_targets: each adapted target's ranks and span of the output."""
+    """kernels.lora_targets: each adapted target's ranks and span of the output."""
 
 
 class Piece(NamedTuple):
@@ -126,14 +126,14 @@ def unsupported(model: nn.Module) -> str | None:
         return f"hidden_act is {cfg.hidden_act!r}, not 'silu'"
     if next(model.parameters()).device.type != "cpu":
         return "the model is not on the CPU"
-    why = kernel.unavailable()
+    why = kernels.unavailable()
     if why is not None:
         return f"lorakit's C kernels are not available here: {why}"
     widest = max(cfg.hidden_size, cfg.intermediate_size)
     head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    if widest > kernel.MAX_WIDTH or head > kernel.MAX_HEAD or head % 2:
-        return (f"its widths ({widest}, heads of {head}) exceed the lean kernels' ({kernel.MAX_WIDTH}, "
-                f"{kernel.MAX_HEAD}, even)")
+    if widest > kernels.MAX_WIDTH or head > kernels.MAX_HEAD or head % 2:
+        return (f"its widths ({widest}, heads of {head}) exceed the lean kernels' ({kernels.MAX_WIDTH}, "
+                f"{kernels.MAX_HEAD}, even)")
     rope = getattr(getattr(model, "model", None), "rotary_emb", None)
     if rope is None or getattr(rope, "rope_type", "default") not in ("default", "linear", "llama3"):
         return f"its rotary embedding ({getattr(rope, 'rope_type', None)!r}) changes with the sequence length"
@@ -268,9 +268,9 @@ class LeanLlama:
             modules.sort(key=lambda tm: order.index(tm[0]))
             shape = tuple((t, m.lora_A[key].shape[0]) for t, m in modules)
             total = sum(rank for _, rank in shape)
-            if total > kernel.MAX_RANK:
+            if total > kernels.MAX_RANK:
                 raise AdapterError(f"adapter's ranks add up to {total} in {paths[layer, product]}.{product}, more than "
-                                   f"the bf16 lean engine's {kernel.MAX_RANK} per fused product; serve it with "
+                                   f"the bf16 lean engine's {kernels.MAX_RANK} per fused product; serve it with "
                                    f"--dtype float32")
             block = self.blocks[layer]
             b = torch.zeros(total, block.widths[product])
@@ -340,7 +340,7 @@ class LeanLlama:
         for target, rank in shape:
             spans.append((r0, rank, *block.spans[target]))
             r0 += rank
-        stack = (torch.cat([p.a for p in pieces]), torch.cat([p.b for p in pieces]), kernel.lora_targets(spans))
+        stack = (torch.cat([p.a for p in pieces]), torch.cat([p.b for p in pieces]), kernels.lora_targets(spans))
         self._stacks[(layer, product, shape)] = (tuple(pieces), *stack)
         return stack
 
@@ -392,13 +392,13 @@ class LeanLlama:
         for i, block in enumerate(self.blocks):
             qkv = self._project(block.qkv, self._rms(h, block.norm1, block.qkv.slot(total, PREFILL_ROWS)),
                                 tables[i].get("qkv"), spans)
-            kernel.rope_cache(qkv, nq, nkv, cos, sin, positions, token_slots, cache.keys[i], cache.values[i])
+            kernels.rope_cache(qkv, nq, nkv, cos, sin, positions, token_slots, cache.keys[i], cache.values[i])
             qk = qkv[:, : (nq + nkv) * hd].view(total, nq + nkv, hd)  # q and k rotated in place
             v = qkv[:, (nq + nkv) * hd :].view(total, nkv, hd)
             out = None
             if short_members:
                 q = qkv[:, : nq * hd] if short is None else qkv.index_select(0, short)[:, : nq * hd]
-                got = kernel.decode_attention(q, cache.keys[i], cache.values[i], short_slots, short_keys, nkv)
+                got = kernels.decode_attention(q, cache.keys[i], cache.values[i], short_slots, short_keys, nkv)
                 if short is None:
                     out = got
                 else:
@@ -437,9 +437,9 @@ class LeanLlama:
         for i, block in enumerate(self.blocks):
             qkv = self._project(block.qkv, self._rms(h, block.norm1, block.qkv.slot(b)), tables[i].get("qkv"))
             # RoPE on q and k in place, and each row's key and value into its slot at its position.
-            kernel.rope_cache(qkv, nq, nkv, cos, sin, positions, slot_ids, cache.keys[i], cache.values[i])
-            # Each row attends over exactly its own slot's keys, on its own (kernel.decode_attention).
-            out = kernel.decode_attention(qkv[:, : nq * hd], cache.keys[i], cache.values[i], slot_ids, lengths, nkv)
+            kernels.rope_cache(qkv, nq, nkv, cos, sin, positions, slot_ids, cache.keys[i], cache.values[i])
+            # Each row attends over exactly its own slot's keys, on its own (kernels.decode_attention).
+            out = kernels.decode_attention(qkv[:, : nq * hd], cache.keys[i], cache.values[i], slot_ids, lengths, nkv)
             h = self._block_rest(block, tables[i], h, out)
         for s in slots:
             cache.lengths[s] += 1
@@ -459,7 +459,7 @@ class LeanLlama:
     def _rms(self, h: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """LlamaRMSNorm (normalize in fp32, cast back, scale) in one kernel call, each row on its own; into `out`
         when given."""
-        return kernel.rms_norm(h, weight, self.eps, out)
+        return kernels.rms_norm(h, weight, self.eps, out)
 
     @staticmethod
     def _project(packed: Packed, x: torch.Tensor, groups: list[Group] | None, spans: Spans | None = None
@@ -467,13 +467,13 @@ class LeanLlama:
         """The fused base product plus each LoRA group's update on its targets' spans of the output.
 
         A decode step (no spans): row i is request i's token. A prefill: request i's tokens are rows spans.of[i].
-        Either way each row gets its request's adapter, summed on its own (kernel.lora_rows), so its update is the
+        Either way each row gets its request's adapter, summed on its own (kernels.lora_rows), so its update is the
         same alone as in any batch.
         """
         y = packed(x, ROWS if spans is None else PREFILL_ROWS)
         for group in groups or ():
             index, slot = (group.rows, group.slot) if spans is None else spans.tokens(group)
-            kernel.lora_rows(x, y, index, slot, group.a, group.b, group.targets)
+            kernels.lora_rows(x, y, index, slot, group.a, group.b, group.targets)
         return y
 
 

@@ -1,4 +1,4 @@
-"""RoPE's cos and sin tables for the lean forward (llama.py), in the form kernel.rope_cache takes them."""
+"""RoPE's cos and sin tables for the lean forward (llama.py), in the form kernels.rope_cache takes them."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class RopeTable:
 
     def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The (cos, signed sin) tables, (positions, D) bf16, grown to cover `positions`; signed sin has its first
-        half negated, as kernel.rope_cache takes it.
+        half negated, as kernels.rope_cache takes it.
 
         The model's rotary embedding computes these in fp32 on every call. On SmolLM2 in fresh processes, a
         process's first lean forward now and then (3 to 4 of 10 processes) got a cos table from fp32 that
@@ -43,6 +43,6 @@ class RopeTable:
 
 def _signed(sin: torch.Tensor) -> torch.Tensor:
     """sin with its first half negated: rotate_half(x)·sin is then roll(x, D/2)·signed_sin, as (-a)·b = a·(-b)
-    exactly (kernel.rope_cache)."""
+    exactly (kernels.rope_cache)."""
     half = sin.shape[-1] // 2
     return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)

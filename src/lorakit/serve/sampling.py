@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lorakit.core import kernel
 from lorakit.core.errors import ConfigError
+from lorakit.serve import kernels
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def choose_tokens(
     """
     # The first maximum, as argmax gives it (torch.max: twice as fast as argmax over a 49k vocabulary here;
     # lorakit's kernel reads bf16 logits without widening them first).
-    out = kernel.argmax(logits)
+    out = kernels.argmax(logits)
     if out is None:
         out = logits.max(dim=-1).indices
     for i, p in enumerate(params):

@@ -1,14 +1,8 @@
-/* lorakit's CPU kernels, built and loaded by kernel.py.
+/* The lean serving forward's CPU kernels (serve/llama.py), built and loaded by serve/kernels.py.
  *
- * lk_merge: W += sign * s * left @ right for many weights in one parallel pass (lorakit's in-place merge). Each
- * row of W is read once, gets its rank-r update added and is written back; the r rows of `right` under the
- * current block stay in L1. One OpenMP region covers every row of every weight, split evenly over the threads.
- * Per element: acc = sum over k = 0..r-1 of left[i,k] * right[k,j] (in that order), then w += s * acc.
- *
- * For the lean serving forward (lorakit/serve/llama.py), each on bf16 rows and each computing every row on its own
- * in a fixed order, so that a row's bits never depend on the batch: lk_lora_rows (each row's own adapter),
- * lk_rms_norm, lk_rope_cache (RoPE and the KV-cache writes) and lk_decode_attention. lk_argmax: the greedy choice
- * over bf16 or fp32 logits, for both serving forwards. */
+ * Each works on bf16 rows and computes every row on its own in a fixed order, so that a row's bits never depend
+ * on the batch: lk_lora_rows (each row's own adapter), lk_rms_norm, lk_rope_cache (RoPE and the KV-cache writes)
+ * and lk_decode_attention. lk_argmax: the greedy choice over bf16 or fp32 logits, for both serving forwards. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -17,56 +11,6 @@
 #define LK_DPBF16 1  /* the attention's q·k with VDPBF16PS (dot_bf16) */
 #include <immintrin.h>
 #endif
-
-typedef struct {
-    float *w;            /* rows x cols, row stride ldw, unit column stride */
-    const float *left;   /* rows x rank, strides (ls0, ls1) */
-    const float *right;  /* rank x cols, row stride ldr, unit column stride */
-    int64_t rows, cols, rank, ldw, ls0, ls1, ldr;
-    float scale;
-} lk_part;
-
-/* 96 floats = six AVX-512 registers of accumulators: on SmolLM2's q,v weights 4.3 ms against 5.2 for 64 and 6.3
- * for 192 (one pass over the 53 MB takes 3.4). The tail goes 16 at a time, then one at a time, same order. */
-#define BLOCK 96
-#define TAIL 16
-
-/* w[j .. j+width) += s * acc, acc = the update of those columns; width is a constant at each call, so each copy
- * keeps its accumulators in registers. */
-static inline __attribute__((always_inline)) void add_columns(const lk_part *p, const float *l, float *w, int64_t j,
-                                                              const int width, const float s) {
-    float acc[BLOCK] = {0};
-    for (int64_t k = 0; k < p->rank; ++k) {
-        const float c = l[k * p->ls1];
-        const float *r = p->right + k * p->ldr + j;
-        for (int t = 0; t < width; ++t) acc[t] += c * r[t];
-    }
-    for (int t = 0; t < width; ++t) w[j + t] += s * acc[t];
-}
-
-static void update_row(const lk_part *p, int64_t i, float sign) {
-    float *w = p->w + i * p->ldw;
-    const float *l = p->left + i * p->ls0;
-    const float s = sign * p->scale;
-    int64_t j = 0;
-    for (; j + BLOCK <= p->cols; j += BLOCK) add_columns(p, l, w, j, BLOCK, s);
-    for (; j + TAIL <= p->cols; j += TAIL) add_columns(p, l, w, j, TAIL, s);
-    for (; j < p->cols; ++j) add_columns(p, l, w, j, 1, s);
-}
-
-void lk_merge(const lk_part *parts, int64_t n, float sign, int threads) {
-    int64_t total = 0;
-    for (int64_t m = 0; m < n; ++m) total += parts[m].rows;
-    #pragma omp parallel num_threads(threads)
-    {
-        int64_t m = 0, start = 0;  /* the part holding global row g, and its first global row */
-        #pragma omp for schedule(static)
-        for (int64_t g = 0; g < total; ++g) {
-            while (g >= start + parts[m].rows) start += parts[m++].rows;
-            update_row(&parts[m], g - start, sign);
-        }
-    }
-}
 
 /* ---- LoRA on bf16 rows, for the lean serving forward (lorakit/serve/llama.py) ----
  *
@@ -88,9 +32,11 @@ static inline uint16_t float_to_bf16(float f) {  /* round to nearest even, as to
     return (uint16_t)((c.u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);  /* a select, so loops vectorize */
 }
 
-#define MAX_RANK 1024  /* kernel.py's MAX_RANK, MAX_WIDTH and MAX_HEAD: the lean forward checks them up front */
+#define MAX_RANK 1024  /* kernels.py's MAX_RANK, MAX_WIDTH and MAX_HEAD: the lean forward checks them up front */
 #define MAX_IN 32768
 #define MAX_HEAD 1024
+#define BLOCK 96  /* output columns per pass of add_update, their sums in registers; then TAIL at a time, then one */
+#define TAIL 16
 
 /* t[0 .. count) = sum over j in 0..in-1 (in order) of x[j] * a[j*R + 0 .. count): count is a constant at the
  * main call, so the sums stay in registers. */
