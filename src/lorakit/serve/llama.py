@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import ctypes
 import operator
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -66,6 +67,7 @@ from lorakit.core.inject import wrappers
 from lorakit.core.layers import MAGNITUDE, LoraLinear
 from lorakit.core.state import ATTR
 from lorakit.serve import kernels
+from lorakit.serve.backend import Row
 from lorakit.serve.kv import SlotCache
 from lorakit.serve.packed import PREFILL_MAX, PREFILL_ROWS, ROWS, Packed, exact_counts
 from lorakit.serve.rope import RopeTable
@@ -495,6 +497,42 @@ class Spans:
             counts = torch.tensor([self.of[r][1] - self.of[r][0] for r in requests])
             self._tokens[key] = index, group.slot.repeat_interleave(counts)
         return self._tokens[key]
+
+
+class LeanBackend:
+    """The engine's Backend over LeanLlama: each request in a cache slot of its own, from its prefill to its release."""
+
+    name = "lean bf16"
+
+    def __init__(self, model: nn.Module):
+        self.forward = LeanLlama(model)
+        self.decode_in_prefill = self.forward.joins
+        self._slots: dict[int, int] = {}  # id(row) -> its cache slot
+
+    def check(self, key: str) -> None:
+        self.forward.check(key)
+
+    def prefill(self, rows: Sequence[Row]) -> torch.Tensor:
+        held = [self._slots.get(id(r)) for r in rows]
+        prompts = [r.prompt if slot is None else [r.output[-1]] for r, slot in zip(rows, held, strict=True)]
+        slots, logits = self.forward.prefill(prompts, [r.key for r in rows], held)
+        for row, slot in zip(rows, slots, strict=True):
+            self._slots[id(row)] = slot
+        return logits
+
+    def decode(self, rows: Sequence[Row]) -> torch.Tensor:
+        return self.forward.decode([self._slots[id(r)] for r in rows], [r.output[-1] for r in rows],
+                                   [r.key for r in rows])
+
+    def release(self, rows: Sequence[Row]) -> None:
+        for row in rows:
+            slot = self._slots.pop(id(row), None)
+            if slot is not None:
+                self.forward.release(slot)
+
+    def reset(self) -> None:
+        self.forward.reset()
+        self._slots.clear()
 
 
 def _trim() -> None:
