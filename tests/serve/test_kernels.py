@@ -28,13 +28,13 @@ def assert_one_bf16_step_apart(got: torch.Tensor, want: torch.Tensor) -> None:
     assert (got != want).float().mean() < 0.05
 
 
-def reference(x, y, rows, slot, a, b):
+def reference(x, y, rows, ids, a, b):
     """y[row] + x[row]·Aᵀ·(s·Bᵀ) in fp32, rounded once to bf16."""
     inn, rank, width = x.shape[1], a.shape[1], b.shape[1]
     out = y.clone()
-    for i, row in enumerate(range(len(slot)) if rows is None else rows.tolist()):
-        t = x[row].double() @ a.view(-1, inn, rank)[slot[i]].double()
-        out[row] = (y[row].double() + t @ b.view(-1, rank, width)[slot[i]].double()).to(torch.bfloat16)
+    for i, row in enumerate(range(len(ids)) if rows is None else rows.tolist()):
+        t = x[row].double() @ a.view(-1, inn, rank)[ids[i]].double()
+        out[row] = (y[row].double() + t @ b.view(-1, rank, width)[ids[i]].double()).to(torch.bfloat16)
     return out
 
 
@@ -49,12 +49,12 @@ def test_lora_rows_adds_each_rows_own_update_rounded_once(spans):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(n, inn, generator=g).to(torch.bfloat16)
     y = torch.randn(n, width, generator=g).to(torch.bfloat16)
-    slot = torch.tensor([2, 0, 1, 1, 0, 2, 2])
+    ids = torch.tensor([2, 0, 1, 1, 0, 2, 2])
     rows = torch.tensor([0, 2, 3, 6])
-    for chosen, slots in ((None, slot), (rows, slot[rows])):
+    for chosen, chosen_ids in ((None, ids), (rows, ids[rows])):
         got = y.clone()
-        kernels.lora_rows(x, got, chosen, slots, a, b, kernels.lora_targets(spans))
-        want = reference(x, y, chosen, slots, a, b)
+        kernels.lora_rows(x, got, chosen, chosen_ids, a, b, kernels.lora_targets(spans))
+        want = reference(x, y, chosen, chosen_ids, a, b)
         assert_one_bf16_step_apart(got, want)  # fp32 sums against a float64 reference
         untouched = [c for c in range(width) if not any(lo <= c < hi for _, _, lo, hi in spans)]
         assert torch.equal(got[:, untouched], y[:, untouched])
@@ -70,12 +70,12 @@ def test_a_row_gets_the_same_bits_alone_and_in_any_batch():
     g = torch.Generator().manual_seed(4)
     x = torch.randn(33, 64, generator=g).to(torch.bfloat16)
     y = torch.randn(33, 128, generator=g).to(torch.bfloat16)
-    slot = torch.randint(0, 4, (33,), generator=g)
+    ids = torch.randint(0, 4, (33,), generator=g)
     batch = y.clone()
-    kernels.lora_rows(x, batch, None, slot, a, b, targets)
+    kernels.lora_rows(x, batch, None, ids, a, b, targets)
     for i in range(33):
         alone = y[i : i + 1].clone()
-        kernels.lora_rows(x[i : i + 1].clone(), alone, None, slot[i : i + 1].clone(), a, b, targets)
+        kernels.lora_rows(x[i : i + 1].clone(), alone, None, ids[i : i + 1].clone(), a, b, targets)
         assert torch.equal(alone[0], batch[i])
 
 
@@ -83,20 +83,20 @@ def test_lora_rows_refuses_what_it_would_misread():
     spans = [(0, 4, 0, 16)]
     a, b = tables(2, 8, 16, spans)
     x, y = torch.zeros(2, 8, dtype=torch.bfloat16), torch.zeros(2, 16, dtype=torch.bfloat16)
-    slot = torch.zeros(2, dtype=torch.long)
+    ids = torch.zeros(2, dtype=torch.long)
     targets = kernels.lora_targets(spans)
     with pytest.raises(ValueError, match="bf16 x and y"):
-        kernels.lora_rows(x.float(), y, None, slot, a, b, targets)
+        kernels.lora_rows(x.float(), y, None, ids, a, b, targets)
     with pytest.raises(ValueError, match="bf16 x and y"):
-        kernels.lora_rows(x, y, None, slot, a.t().contiguous().t(), b, targets)  # a not contiguous
+        kernels.lora_rows(x, y, None, ids, a.t().contiguous().t(), b, targets)  # a not contiguous
     with pytest.raises(ValueError, match="bf16 x and y"):
-        kernels.lora_rows(x, y, None, slot.int(), a, b, targets)
+        kernels.lora_rows(x, y, None, ids.int(), a, b, targets)
     with pytest.raises(ValueError, match="nothing was written"):  # adapter 2 of 2, row 5 of 2, a span past 16
         kernels.lora_rows(x, y, None, torch.tensor([0, 2]), a, b, targets)
     with pytest.raises(ValueError, match="nothing was written"):
-        kernels.lora_rows(x, y, torch.tensor([0, 5]), slot, a, b, targets)
+        kernels.lora_rows(x, y, torch.tensor([0, 5]), ids, a, b, targets)
     with pytest.raises(ValueError, match="nothing was written"):
-        kernels.lora_rows(x, y, None, slot, a, b, kernels.lora_targets([(0, 4, 8, 17)]))
+        kernels.lora_rows(x, y, None, ids, a, b, kernels.lora_targets([(0, 4, 8, 17)]))
     assert not y.any()
 
 

@@ -12,7 +12,7 @@ from serve_support import save_adapter, tiny_model, tiny_server, tiny_tokenizer
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import lorakit
-from lorakit.serve import kernels, llama
+from lorakit.serve import factors, kernels, llama
 from lorakit.serve.engine import Engine, Event
 from lorakit.serve.hf import TransformersBackend
 from lorakit.serve.llama import LeanBackend, LeanLlama, unsupported
@@ -309,21 +309,21 @@ def test_the_lean_forward_keeps_the_factors_of_a_bounded_number_of_adapters(tmp_
     config = lorakit.LoraConfig(rank=2, targets=("q_proj",))
     model = tiny_model().to(torch.bfloat16)
     lean = LeanLlama(model)
-    for i in range(llama.PIECES_KEPT + 6):
+    for i in range(factors.ADAPTERS_KEPT + 6):
         lorakit.load_adapter(model, save_adapter(tmp_path / f"a{i}", config, seed=i), name=f"a{i}")
         slots, _ = lean.prefill([[5, 6]] * 2, [f"a{i}", f"a{i // 2}"])
         for slot in slots:
             lean.release(slot)
-    assert len(lean._pieces) <= llama.PIECES_KEPT + 2
+    assert len(lean.lora.adapters) <= factors.ADAPTERS_KEPT + 2
 
 
 def test_a_running_row_continued_as_a_one_token_prompt_gets_its_decode_step_bits():
     """LeanLlama.prefill continuing a slot is what a running row goes through when it joins newcomers' prefill;
-    where the forward allows that (joins: one kernel's results for a decode step's and a prefill's row counts),
-    its logits and cache must be exactly a decode step's, beside new prompts of any length."""
+    where the forward allows that (decode_in_prefill: one kernel's results for a decode step's and a prefill's row
+    counts), its logits and cache must be exactly a decode step's, beside new prompts of any length."""
     model = adapted_model()
     lean = LeanLlama(model)
-    if not lean.joins:
+    if not lean.decode_in_prefill:
         pytest.skip("this machine's oneDNN kernels differ between decode and prefill row counts: rows never join")
     rng = random.Random(1)
     prompts = [[rng.randrange(5, 260) for _ in range(n)] for n in (3, 9, 1)]
@@ -347,17 +347,17 @@ def test_a_running_row_continued_as_a_one_token_prompt_gets_its_decode_step_bits
     assert torch.equal(decoded, joined) and torch.equal(after, after_joined)
 
 
-@pytest.mark.parametrize("joins", [True, False])
-def test_requests_joining_a_running_batch_get_their_solo_tokens(tmp_path, joins):
+@pytest.mark.parametrize("decode_in_prefill", [True, False])
+def test_requests_joining_a_running_batch_get_their_solo_tokens(tmp_path, decode_in_prefill):
     """Requests arriving while others run (each prefilled while they decode, the running rows joining that pass
     where the forward allows it, else a prefill and then a decode step) give what they give alone."""
     pool = AdapterPool(tiny_model().to(torch.bfloat16), tmp_path)
     pool.add("a", save_adapter(tmp_path / "a", lorakit.LoraConfig(rank=4, targets=("q_proj", "v_proj")), seed=1))
     pool.add("b", save_adapter(tmp_path / "b", lorakit.LoraConfig(rank=8, targets=("o_proj", "up_proj")), seed=2))
     engine = Engine(pool.model, tiny_tokenizer(), pool)
-    if joins and not engine.backend.decode_in_prefill:
+    if decode_in_prefill and not engine.backend.decode_in_prefill:
         pytest.skip("this machine's oneDNN kernels differ between decode and prefill row counts: rows never join")
-    engine.backend.decode_in_prefill = joins
+    engine.backend.decode_in_prefill = decode_in_prefill
     rng = random.Random(2)
     jobs = [([rng.randrange(5, 260) for _ in range(rng.choice((1, 5, 12, 70)))], (None, "a", "b")[i % 3],
              rng.randrange(3, 9)) for i in range(10)]

@@ -14,9 +14,9 @@
 
 /* ---- LoRA on bf16 rows, for the lean serving forward (lorakit/serve/llama.py) ----
  *
- * For each of n rows i (row rows[i] of x and y, or row i when rows is NULL), with its adapter slot[i]:
- *   t = x_i · A_slotᵀ                      (R values; a holds each adapter's Aᵀ: (adapters, in, R))
- *   y_i[c] = bf16(y_i[c] + Σ_k t[k]·B_slot[k, c])   for c in each target's span, k over that target's ranks
+ * For each of n rows i (row rows[i] of x and y, or row i when rows is NULL), with its adapter j = adapter[i]:
+ *   t = x_i · A_jᵀ                      (R values; a holds each adapter's Aᵀ: (adapters, in, R))
+ *   y_i[c] = bf16(y_i[c] + Σ_k t[k]·B_j[k, c])   for c in each target's span, k over that target's ranks
  * (b holds each adapter's s·Bᵀ over the whole fused output: (adapters, R, width)); the tables are bf16, as the
  * bf16 model holds its factors, widened as they are read. Sums run in fp32 in a fixed order that depends on
  * nothing but the row's own values: a row gets the same bits alone or in any batch. */
@@ -70,11 +70,11 @@ static inline __attribute__((always_inline)) void add_update(const float *t, con
 
 int lk_lora_rows(const uint16_t *x, int64_t ldx, uint16_t *y, int64_t ldy, int64_t ny, int64_t adapters,
                  int64_t n, const int64_t *rows,
-                 const int64_t *slot, const uint16_t *a, int64_t in, int64_t R, const uint16_t *b, int64_t width,
+                 const int64_t *adapter, const uint16_t *a, int64_t in, int64_t R, const uint16_t *b, int64_t width,
                  const lk_target *targets, int64_t ntargets, int threads) {
     if (R > MAX_RANK || in > MAX_IN) return -1;
     for (int64_t i = 0; i < n; ++i)  /* every index is checked before anything is written */
-        if (slot[i] < 0 || slot[i] >= adapters || (rows ? rows[i] < 0 || rows[i] >= ny : i >= ny)) return -2;
+        if (adapter[i] < 0 || adapter[i] >= adapters || (rows ? rows[i] < 0 || rows[i] >= ny : i >= ny)) return -2;
     for (int64_t g = 0; g < ntargets; ++g)
         if (targets[g].r0 < 0 || targets[g].r0 + targets[g].rank > R || targets[g].lo < 0 || targets[g].hi > width)
             return -2;
@@ -83,8 +83,8 @@ int lk_lora_rows(const uint16_t *x, int64_t ldx, uint16_t *y, int64_t ldy, int64
         const int64_t row = rows ? rows[i] : i;
         const uint16_t *xi = x + row * ldx;
         uint16_t *yi = y + row * ldy;
-        const uint16_t *ai = a + slot[i] * in * R;
-        const uint16_t *bi = b + slot[i] * R * width;
+        const uint16_t *ai = a + adapter[i] * in * R;
+        const uint16_t *bi = b + adapter[i] * R * width;
         float xf[MAX_IN], t[MAX_RANK];
         for (int64_t j = 0; j < in; ++j) xf[j] = bf16_to_float(xi[j]);
         for (int64_t k0 = 0; k0 < R; k0 += RANKS) {  /* t[k0 .. k0+RANKS) in registers, summed over j in order */

@@ -61,32 +61,32 @@ def lora_targets(spans: list[tuple[int, int, int, int]]) -> ctypes.Array:
     return (_Target * len(spans))(*[_Target(*span) for span in spans])
 
 
-def lora_rows(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None, slot: torch.Tensor, a: torch.Tensor,
+def lora_rows(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None, adapter_ids: torch.Tensor, a: torch.Tensor,
               b: torch.Tensor, targets: ctypes.Array) -> None:
-    """y[rows[i]] += the LoRA update of x[rows[i]] with adapter slot[i], in place, for bf16 x (n, in) and y
-    (n, width) with unit column stride; int64 rows (None: every row) and slot; bf16 a (adapters·in, R): each
+    """y[rows[i]] += the LoRA update of x[rows[i]] with adapter adapter_ids[i], in place, for bf16 x (n, in) and y
+    (n, width) with unit column stride; int64 rows (None: every row) and adapter_ids; bf16 a (adapters·in, R): each
     adapter's Aᵀ, b (adapters·R, width): each adapter's s·Bᵀ over the whole output. Each row's sums run in one
     fixed order, so its result does not depend on the other rows (kernels.c, lk_lora_rows). The caller checks
     unavailable() first: the lean forward does not start without it."""
-    lib, n = LIBRARY.get(), slot.shape[0]
+    lib, ids, n = LIBRARY.get(), adapter_ids, adapter_ids.shape[0]
     # The kernel reads raw memory: what it assumes is checked here (~1 µs), not trusted.
     if not (x.dtype == y.dtype == a.dtype == b.dtype == torch.bfloat16
             and x.stride(1) == 1 and y.stride(1) == 1 and a.is_contiguous() and b.is_contiguous()
-            and slot.dtype == torch.int64 and slot.is_contiguous() and x.shape[0] == y.shape[0]
+            and ids.dtype == torch.int64 and ids.is_contiguous() and x.shape[0] == y.shape[0]
             and a.shape[0] % x.shape[1] == 0 and b.shape == (a.shape[0] // x.shape[1] * a.shape[1], y.shape[1])
-            and (rows is None or (rows.dtype == torch.int64 and rows.is_contiguous() and rows.shape == slot.shape))
+            and (rows is None or (rows.dtype == torch.int64 and rows.is_contiguous() and rows.shape == ids.shape))
             and (rows is not None or n == x.shape[0])):
         raise ValueError("lora_rows: bf16 x and y with unit column stride, contiguous bf16 tables of matching "
-                         "shapes and contiguous int64 rows and slots are required")
+                         "shapes and contiguous int64 rows and adapter ids are required")
     status = lib.lk_lora_rows(x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0), x.shape[0],
                               a.shape[0] // x.shape[1], n, None if rows is None else rows.data_ptr(),
-                              slot.data_ptr(), a.data_ptr(), x.shape[1], a.shape[1], b.data_ptr(), b.shape[1],
+                              ids.data_ptr(), a.data_ptr(), x.shape[1], a.shape[1], b.data_ptr(), b.shape[1],
                               ctypes.addressof(targets), len(targets), torch.get_num_threads())
     if status == -1:
         raise ValueError(f"lora_rows takes ranks up to {MAX_RANK} and inputs up to {MAX_WIDTH} wide, not "
                          f"{a.shape[1]} and {x.shape[1]}")
     if status:
-        raise ValueError("lora_rows: a row, adapter slot or target span outside the tensors; nothing was written")
+        raise ValueError("lora_rows: a row, adapter id or target span outside the tensors; nothing was written")
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor | None = None) -> torch.Tensor:

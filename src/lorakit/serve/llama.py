@@ -54,69 +54,20 @@ projections. Adapters must not touch other modules (embeddings, the head, module
 from __future__ import annotations
 
 import ctypes
-import operator
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorakit.core.errors import AdapterError
-from lorakit.core.inject import wrappers
-from lorakit.core.layers import MAGNITUDE, LoraLinear
-from lorakit.core.state import ATTR
 from lorakit.serve import kernels
 from lorakit.serve.backend import Row
+from lorakit.serve.factors import ATTN, MLP, LoraTables, PromptRows, RowGroup
 from lorakit.serve.kv import SlotCache
 from lorakit.serve.packed import PREFILL_MAX, PREFILL_ROWS, ROWS, Packed, exact_counts
 from lorakit.serve.rope import RopeTable
 
 SHORT_PROMPT = 64  # prompts up to this long attend in the decode kernel when prefilled, longer ones through sdpa
-ATTN = ("q_proj", "k_proj", "v_proj")
-MLP = ("gate_proj", "up_proj")
-PRODUCTS = {"qkv": ATTN, "o": ("o_proj",), "gate_up": MLP, "down": ("down_proj",)}
-TARGETS = tuple(t for targets in PRODUCTS.values() for t in targets)
-
-
-class Group(NamedTuple):
-    """One fused product's LoRA for the rows whose adapters have the same ranks there, for kernels.lora_rows. The
-    factors of each distinct adapter among them are stored once, in bf16."""
-
-    rows: torch.Tensor | None
-    """The batch rows in this group, ascending (None: every row)."""
-    slot: torch.Tensor
-    """(rows,) int64: each row's adapter, an index into the tables."""
-    a: torch.Tensor
-    """(adapters x in, Σr): row j·in + k is column k of adapter j's A, every adapted target's A stacked."""
-    b: torch.Tensor
-    """(adapters x Σr, out): row j·Σr + r is row r of adapter j's s·Bᵀ over the whole fused output (zero outside its
-    target's span, which the kernel does not read)."""
-    targets: object
-    """kernels.lora_targets: each adapted target's ranks and span of the output."""
-
-
-class Piece(NamedTuple):
-    """One adapter's LoRA on one layer's fused product, as Group stacks it for each adapter of the group."""
-
-    shape: tuple
-    """((target, rank), ...): its rank on each target of the product it adapts, in the product's order."""
-    a: torch.Tensor
-    """(in, Σr) bf16: those targets' Aᵀ side by side."""
-    b: torch.Tensor
-    """(Σr, width) bf16: each target's s·Bᵀ on its span of the fused output, zero elsewhere."""
-
-
-PIECES_KEPT = 32  # adapters whose pieces stay cached besides those of the current batch, least recently used out
-
-
-def _current(probe: tuple, key: str) -> bool:
-    """Whether adapter `key` is still the load its pieces were built from (probe: a block, target, the module
-    there and its A then): the module still in the model, and its A for `key` the same tensor."""
-    block, target, module, a = probe
-    return block.module(target) is module and key in module.lora_A and module.lora_A[key] is a
-
-
 def unsupported(model: nn.Module) -> str | None:
     """Why the lean forward cannot run this model (None when it can)."""
     cfg = getattr(model, "config", None)
@@ -156,9 +107,9 @@ class Block:
         self.down = Packed(_weight(mlp.down_proj))
         q, k = _weight(attn.q_proj).shape[0], _weight(attn.k_proj).shape[0]
         inter = _weight(mlp.gate_proj).shape[0]
-        # Where each projection's output sits in the fused outputs.
+        # Where each projection's output sits in its product's fused output.
         hidden = _weight(attn.o_proj).shape[0]
-        self.spans = {"q_proj": (0, q), "k_proj": (q, q + k), "v_proj": (q + k, q + 2 * k), "o_proj": (0, hidden),
+        self.columns = {"q_proj": (0, q), "k_proj": (q, q + k), "v_proj": (q + k, q + 2 * k), "o_proj": (0, hidden),
                       "gate_proj": (0, inter), "up_proj": (inter, 2 * inter), "down_proj": (0, hidden)}
         self.widths = {"qkv": q + 2 * k, "o": hidden, "gate_up": 2 * inter, "down": hidden}
 
@@ -206,19 +157,14 @@ class LeanLlama:
             # Where a PREFILL_ROWS-row product gives each row a ROWS-row product's bits, every proven count of
             # either kind does: then running rows may join a prefill's products (joins), and either kind of
             # product takes any of those counts.
-            self.joins = all(exact_counts(p.out_features, p.in_features, threads, ROWS, (PREFILL_ROWS,))
+            self.decode_in_prefill = all(exact_counts(p.out_features, p.in_features, threads, ROWS, (PREFILL_ROWS,))
                              for p in layers)
-            if self.joins:
+            if self.decode_in_prefill:
                 for p in layers:
                     p.sizes[ROWS] = p.sizes[PREFILL_ROWS] = tuple(sorted({*p.sizes[ROWS], *p.sizes[PREFILL_ROWS]}))
         _trim()  # the probes' freed outputs otherwise stay in the process (~200 MB on SmolLM2)
-        # Module paths whose adapters this forward applies; by path, as adapters loaded later wrap new modules.
-        self.known = {f"model.layers.{i}.{'self_attn' if t in ATTN + ('o_proj',) else 'mlp'}.{t}": (i, t)
-                      for i in range(len(self.blocks)) for t in TARGETS}
+        self.lora = LoraTables(model, self.blocks)
         self.cache = SlotCache(len(self.blocks), self.kv_heads, self.head_dim, self.context)
-        self._factors: tuple | None = None  # ((adapter version, names), tables): see _tables
-        self._pieces: dict[str, tuple] = {}  # adapter key -> (probe, pieces), least recently used first: _adapter
-        self._stacks: dict[tuple, tuple] = {}  # (layer, product, shape) -> (pieces, a, b, targets): _stack
 
     # ---- slots ----
 
@@ -233,118 +179,7 @@ class LeanLlama:
 
     def check(self, key: str) -> None:
         """AdapterError if adapter `key` adapts anything the lean forward does not apply."""
-        self._adapter(key)
-
-    def _adapter(self, key: str) -> list[dict[str, Piece]]:
-        """Per layer: fused product -> adapter `key`'s Piece there (absent where it adapts nothing). Built once per
-        load of the adapter and kept while it stays loaded and recently used (_tables trims the cache), so a batch
-        that changes only puts cached pieces together: rebuilding every row's factors from the modules took 11-15
-        ms per change of rows, at each request joining or leaving. AdapterError if the adapter changes anything
-        the lean forward does not apply."""
-        found = self._pieces.pop(key, None)
-        if found is not None and _current(found[0], key):
-            self._pieces[key] = found  # most recently used last
-            return found[1]
-        adapted: dict[tuple[int, str], list[tuple[str, LoraLinear]]] = {}  # (layer, product) -> its adapted targets
-        paths: dict[tuple[int, str], str] = {}  # (layer, product) -> the path of its modules' parent
-        probe = None  # (block, target, module, its A for `key`): what tells a reload, which replaces every tensor
-        for path, module in wrappers(self.model):
-            where = self.known.get(path)
-            if where is not None:
-                if key in getattr(module, MAGNITUDE, {}):
-                    raise AdapterError(f"adapter uses DoRA at {path}, which the bf16 lean engine does not apply; "
-                                       f"serve it with --dtype float32")
-                if key in module.lora_A:
-                    layer, target = where
-                    product = next(p for p, targets in PRODUCTS.items() if target in targets)
-                    adapted.setdefault((layer, product), []).append((target, module))
-                    paths[(layer, product)] = path.rsplit(".", 1)[0]
-                    probe = probe or (self.blocks[layer], target, module, module.lora_A[key])
-                continue
-            if key in getattr(module, "lora_A", {}) or key in getattr(module, "copies", {}):
-                raise AdapterError(f"adapter changes {path}, which the bf16 lean engine does not apply (it adapts "
-                                   f"only {', '.join(TARGETS)}); serve it with --dtype float32")
-        pieces: list[dict[str, Piece]] = [{} for _ in self.blocks]
-        for (layer, product), modules in adapted.items():
-            order = PRODUCTS[product]
-            modules.sort(key=lambda tm: order.index(tm[0]))
-            shape = tuple((t, m.lora_A[key].shape[0]) for t, m in modules)
-            total = sum(rank for _, rank in shape)
-            if total > kernels.MAX_RANK:
-                raise AdapterError(f"adapter's ranks add up to {total} in {paths[layer, product]}.{product}, more than "
-                                   f"the bf16 lean engine's {kernels.MAX_RANK} per fused product; serve it with "
-                                   f"--dtype float32")
-            block = self.blocks[layer]
-            b = torch.zeros(total, block.widths[product])
-            r0 = 0
-            for (target, rank), (_, m) in zip(shape, modules, strict=True):
-                lo, hi = block.spans[target]
-                b[r0 : r0 + rank, lo:hi] = m.lora_B[key].detach().float().t() * m.scaling[key]
-                r0 += rank
-            a = torch.cat([m.lora_A[key].detach().float() for _, m in modules]).t()
-            pieces[layer][product] = Piece(shape, a.to(torch.bfloat16).contiguous(), b.to(torch.bfloat16))
-        if probe is not None:  # an adapter on none of these modules has nothing to cache
-            self._pieces[key] = (probe, pieces)
-        return pieces
-
-    def _tables(self, names: list[str | None]) -> list[dict[str, list[Group]]]:
-        """Per layer: fused product -> the LoRA groups of the rows (see Group), rows grouped by the ranks their
-        adapter has there. Built once per choice of rows (a decode step reuses its predecessor's) from each
-        adapter's cached pieces; the stacked tables of a product are reused while its set of adapters stays."""
-        state = getattr(self.model, ATTR, None)
-        version = state.version if state else -1
-        if self._factors is not None and self._factors[0] == (version, tuple(names)):
-            return self._factors[1]
-        if self._factors is None or self._factors[0][0] != version:  # adapters loaded or deleted since
-            self._stacks.clear()
-            for key in [k for k, (probe, _) in self._pieces.items() if not _current(probe, k)]:
-                del self._pieces[key]
-        rows_of: dict[str, list[int]] = {}
-        for row, name in enumerate(names):
-            if name is not None:
-                rows_of.setdefault(name, []).append(row)
-        pieces = {key: self._adapter(key) for key in sorted(rows_of)}  # sorted: one order for one set of adapters
-        for key in list(self._pieces)[: max(0, len(self._pieces) - len(pieces) - PIECES_KEPT)]:
-            if key not in pieces:  # least recently used first
-                del self._pieces[key]
-        placed: dict[tuple[str, ...], tuple] = {}  # a group's adapters -> (its rows or None, each row's adapter)
-        tables = []
-        for layer, block in enumerate(self.blocks):
-            table = {}
-            for product in PRODUCTS:
-                by_shape: dict[tuple, list[str]] = {}
-                for key, adapter in pieces.items():
-                    piece = adapter[layer].get(product)
-                    if piece is not None:
-                        by_shape.setdefault(piece.shape, []).append(key)
-                groups = []
-                for shape, keys in by_shape.items():
-                    group = tuple(keys)
-                    if group not in placed:
-                        rows = sorted(r for key in group for r in rows_of[key])
-                        placed[group] = (None if len(rows) == len(names) else torch.tensor(rows),
-                                         torch.tensor([group.index(names[r]) for r in rows]))
-                    stack = self._stack(block, layer, product, shape, [pieces[k][layer][product] for k in group])
-                    groups.append(Group(*placed[group], *stack))
-                if groups:
-                    table[product] = groups
-            tables.append(table)
-        self._factors = ((version, tuple(names)), tables)
-        return tables
-
-    def _stack(self, block: Block, layer: int, product: str, shape: tuple, pieces: list[Piece]) -> tuple:
-        """(a, b, targets) of Group for adapters of one shape on one product: their pieces stacked, or the last
-        stack of that product and shape when it holds the same pieces."""
-        last = self._stacks.get((layer, product, shape))
-        if last is not None and len(last[0]) == len(pieces) and all(map(operator.is_, last[0], pieces)):
-            return last[1:]
-        r0, spans = 0, []
-        for target, rank in shape:
-            spans.append((r0, rank, *block.spans[target]))
-            r0 += rank
-        stack = (torch.cat([p.a for p in pieces]), torch.cat([p.b for p in pieces]), kernels.lora_targets(spans))
-        self._stacks[(layer, product, shape)] = (tuple(pieces), *stack)
-        return stack
+        self.lora.check(key)
 
     # ---- forward ----
 
@@ -364,9 +199,9 @@ class LeanLlama:
         starts = [cache.lengths[s] for s in slots]
         cache.fit(max(start + n for start, n in zip(starts, sizes, strict=True)))
         ends = torch.tensor(sizes).cumsum(0).tolist()
-        spans = Spans([(end - n, end) for n, end in zip(sizes, ends, strict=True)])
+        prompt_rows = PromptRows([(end - n, end) for n, end in zip(sizes, ends, strict=True)])
         total = ends[-1]
-        tables = self._tables(names)
+        tables = self.lora.for_rows(names)
         positions = torch.cat([torch.arange(start, start + n) for start, n in zip(starts, sizes, strict=True)])
         h = self.embed[torch.tensor([t for p in prompts for t in p])]  # (P, C)
         cos, sin = self.rope.tables(positions)
@@ -378,7 +213,9 @@ class LeanLlama:
         # batched (sdpa's rows do not depend on the batch: each prompt's heads are separate work items). Checked
         # alone against packed in tests/serve/test_lean_llama.py.
         def rows_of(members: list[int]) -> torch.Tensor | None:
-            return None if len(members) == len(sizes) else torch.cat([torch.arange(*spans.of[j]) for j in members])
+            if len(members) == len(sizes):
+                return None
+            return torch.cat([torch.arange(*prompt_rows.bounds[j]) for j in members])
 
         # A continued slot's tokens attend in the decode kernel too, as a decode step's do.
         short_members = [j for j, (n, start) in enumerate(zip(sizes, starts, strict=True))
@@ -392,8 +229,8 @@ class LeanLlama:
                 by_length.setdefault(n, []).append(j)
         groups = [(n, len(members), rows_of(members)) for n, members in by_length.items()]
         for i, block in enumerate(self.blocks):
-            qkv = self._project(block.qkv, self._rms(h, block.norm1, block.qkv.slot(total, PREFILL_ROWS)),
-                                tables[i].get("qkv"), spans)
+            qkv = self._project(block.qkv, self._rms(h, block.norm1, block.qkv.padded_input(total, PREFILL_ROWS)),
+                                tables[i].get("qkv"), prompt_rows)
             kernels.rope_cache(qkv, nq, nkv, cos, sin, positions, token_slots, cache.keys[i], cache.values[i])
             qk = qkv[:, : (nq + nkv) * hd].view(total, nq + nkv, hd)  # q and k rotated in place
             v = qkv[:, (nq + nkv) * hd :].view(total, nkv, hd)
@@ -417,7 +254,7 @@ class LeanLlama:
                 else:
                     out = h.new_empty(total, nq * hd) if out is None else out
                     out.index_copy_(0, tokens, got)
-            h = self._block_rest(block, tables[i], h, out, spans)
+            h = self._block_rest(block, tables[i], h, out, prompt_rows)
         for slot, start, n in zip(slots, starts, sizes, strict=True):
             cache.lengths[slot] = start + n
         last = h.index_select(0, torch.tensor([end - 1 for end in ends]))
@@ -429,7 +266,7 @@ class LeanLlama:
         them directly, sampling widens its row). Every row's result is independent of the others."""
         b, cache = len(slots), self.cache
         cache.fit(max(cache.lengths[s] for s in slots) + 1)
-        tables = self._tables(names)
+        tables = self.lora.for_rows(names)
         positions = torch.tensor([cache.lengths[s] for s in slots])
         h = self.embed[torch.tensor(tokens)]  # (B, C)
         cos, sin = self.rope.tables(positions)
@@ -437,7 +274,7 @@ class LeanLlama:
         lengths = positions + 1  # each row's keys, its new one included
         hd, nq, nkv = self.head_dim, self.heads, self.kv_heads
         for i, block in enumerate(self.blocks):
-            qkv = self._project(block.qkv, self._rms(h, block.norm1, block.qkv.slot(b)), tables[i].get("qkv"))
+            qkv = self._project(block.qkv, self._rms(h, block.norm1, block.qkv.padded_input(b)), tables[i].get("qkv"))
             # RoPE on q and k in place, and each row's key and value into its slot at its position.
             kernels.rope_cache(qkv, nq, nkv, cos, sin, positions, slot_ids, cache.keys[i], cache.values[i])
             # Each row attends over exactly its own slot's keys, on its own (kernels.decode_attention).
@@ -448,15 +285,15 @@ class LeanLlama:
         return self.head(self._rms(h, self.norm))
 
     def _block_rest(self, block: Block, table: dict, h: torch.Tensor, attn: torch.Tensor,
-                    spans: Spans | None = None) -> torch.Tensor:
+                    prompt_rows: PromptRows | None = None) -> torch.Tensor:
         """Output projection and MLP with their residuals: h + o(attn), then + down(silu(gate)·up). The inputs of
-        the gate_up and down products are written straight into their padded buffers (Packed.slot)."""
-        n, rows = h.shape[0], ROWS if spans is None else PREFILL_ROWS
-        h = h + self._project(block.o, attn, table.get("o"), spans)
-        normed = self._rms(h, block.norm2, block.gate_up.slot(n, rows))
-        gate, up = self._project(block.gate_up, normed, table.get("gate_up"), spans).chunk(2, -1)
-        return h + self._project(block.down, torch.mul(F.silu(gate), up, out=block.down.slot(n, rows)),
-                                 table.get("down"), spans)
+        the gate_up and down products are written straight into their padded buffers (Packed.padded_input)."""
+        n, rows = h.shape[0], ROWS if prompt_rows is None else PREFILL_ROWS
+        h = h + self._project(block.o, attn, table.get("o"), prompt_rows)
+        normed = self._rms(h, block.norm2, block.gate_up.padded_input(n, rows))
+        gate, up = self._project(block.gate_up, normed, table.get("gate_up"), prompt_rows).chunk(2, -1)
+        return h + self._project(block.down, torch.mul(F.silu(gate), up, out=block.down.padded_input(n, rows)),
+                                 table.get("down"), prompt_rows)
 
     def _rms(self, h: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """LlamaRMSNorm (normalize in fp32, cast back, scale) in one kernel call, each row on its own; into `out`
@@ -464,39 +301,19 @@ class LeanLlama:
         return kernels.rms_norm(h, weight, self.eps, out)
 
     @staticmethod
-    def _project(packed: Packed, x: torch.Tensor, groups: list[Group] | None, spans: Spans | None = None
-                 ) -> torch.Tensor:
-        """The fused base product plus each LoRA group's update on its targets' spans of the output.
+    def _project(product: Packed, x: torch.Tensor, groups: list[RowGroup] | None,
+                 prompt_rows: PromptRows | None = None) -> torch.Tensor:
+        """The fused base product plus each LoRA group's update on its targets' columns of the output.
 
-        A decode step (no spans): row i is request i's token. A prefill: request i's tokens are rows spans.of[i].
-        Either way each row gets its request's adapter, summed on its own (kernels.lora_rows), so its update is the
-        same alone as in any batch.
+        A decode step (prompt_rows None): row i is request i's token. A prefill: request i's tokens are rows
+        prompt_rows.bounds[i]. Either way each row gets its request's adapter, summed on its own
+        (kernels.lora_rows), so its update is the same alone as in any batch.
         """
-        y = packed(x, ROWS if spans is None else PREFILL_ROWS)
+        y = product(x, ROWS if prompt_rows is None else PREFILL_ROWS)
         for group in groups or ():
-            index, slot = (group.rows, group.slot) if spans is None else spans.tokens(group)
-            kernels.lora_rows(x, y, index, slot, group.a, group.b, group.targets)
+            rows, ids = (group.rows, group.adapter_ids) if prompt_rows is None else prompt_rows.token_rows(group)
+            kernels.lora_rows(x, y, rows, ids, group.a, group.b, group.targets)
         return y
-
-
-class Spans:
-    """A prefill's packed prompts: request i's tokens are rows of[i] = (start, end). Each request's tokens use its
-    adapter; a Group's token rows and their adapters are worked out once per prefill for every layer whose group
-    has the same rows, as the decode step's are (LeanLlama._tables)."""
-
-    def __init__(self, of: list[tuple[int, int]]):
-        self.of = of
-        self._tokens: dict[tuple, tuple] = {}
-
-    def tokens(self, group: Group) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(the token rows of the group's requests, or None for every row; each token's adapter slot)."""
-        key = (tuple(group.slot.tolist()), None if group.rows is None else tuple(group.rows.tolist()))
-        if key not in self._tokens:
-            requests = range(len(group.slot)) if group.rows is None else group.rows.tolist()
-            index = None if group.rows is None else torch.cat([torch.arange(*self.of[r]) for r in requests])
-            counts = torch.tensor([self.of[r][1] - self.of[r][0] for r in requests])
-            self._tokens[key] = index, group.slot.repeat_interleave(counts)
-        return self._tokens[key]
 
 
 class LeanBackend:
@@ -506,7 +323,7 @@ class LeanBackend:
 
     def __init__(self, model: nn.Module):
         self.forward = LeanLlama(model)
-        self.decode_in_prefill = self.forward.joins
+        self.decode_in_prefill = self.forward.decode_in_prefill
         self._slots: dict[int, int] = {}  # id(row) -> its cache slot
 
     def check(self, key: str) -> None:

@@ -61,7 +61,7 @@ class Packed:
         i = bisect.bisect_left(sizes, n)
         return sizes[i] if i < len(sizes) else 0
 
-    def slot(self, n: int, rows: int = ROWS) -> torch.Tensor | None:
+    def padded_input(self, n: int, rows: int = ROWS) -> torch.Tensor | None:
         """Where to write an n-row input so that __call__ multiplies it without copying: the first n rows of a
         persistent buffer whose other rows are zero (None when n rows need no padding or one product cannot take
         them). Saves the allocation, zero fill and concatenation of padding on each product that pads."""
@@ -89,7 +89,7 @@ class Packed:
             return torch.cat([self(x[i : i + most], rows) for i in range(0, n, most)])
         buf = self.pads.get(size)
         if buf is None or buf[1] != n or x.data_ptr() != buf[0].data_ptr():
-            self.slot(n, rows).copy_(x)
+            self.padded_input(n, rows).copy_(x)
         return self.product(self.pads[size][0])[:n]
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
