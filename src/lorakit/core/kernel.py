@@ -1,11 +1,11 @@
-"""lorakit's C kernels: how one is compiled and loaded (CLibrary), and the fused merge (merge.c), W += sign·s·left·right
-for many fp32 CPU weights in one call.
+"""lorakit's C kernels: how one is compiled and loaded (CLibrary), and the fused merge (merge.c),
+W += sign·s·left·right for many fp32 CPU weights in one call.
 
 Why not addmm_: per weight, MKL computes the rank-r product as a GEMM and then adds it into W, a second pass over
-W; the kernel adds each row's update as it reads the row, one pass (bench/merge_floor.py, BENCHMARKS.md). No
-PyTorch op fuses the two. Why C through ctypes and not a torch C++ extension: it compiles in half a second (no
-torch headers, no ninja), once per machine, into lorakit's cache, and runs on torch's own OpenMP threads.
-Without a C compiler, on another OS, or with LORAKIT_KERNELS=0, merges use addmm_ (same formula).
+W; the kernel adds each row's update as it reads the row, one pass (BENCHMARKS.md). No PyTorch op fuses the two.
+Why C through ctypes and not a torch C++ extension: it compiles in about half a second (no torch headers, no
+ninja), once per machine, into lorakit's cache, and runs on torch's own OpenMP threads. Without a C compiler, on
+another OS, or with LORAKIT_KERNELS=0, merges use addmm_ (same formula).
 """
 
 from __future__ import annotations

@@ -92,9 +92,9 @@ class Engine:
         arrival_gap, arrival_wait (seconds): when a request finds the engine idle, the engine waits until no
         request is on its way (see `arriving`) and none has been submitted for arrival_gap, at most arrival_wait
         in all, and prefills them together. Clients that send at once reach the engine over tens of milliseconds
-        (the HTTP thread reads, validates and tokenizes them one by one): without the wait, 8 simultaneous
-        requests were prefilled as 1 + 7 (60 + 105 ms, a 1-row decode step between) and 32 as 1 + 31, against
-        one prefill each. A lone request pays arrival_gap. 0 turns this off."""
+        (the HTTP thread reads, validates and tokenizes them one by one): without the wait, a burst was prefilled
+        as its first request and then the rest, a decode step between (BENCHMARKS.md). A lone request pays
+        arrival_gap. 0 turns this off."""
         self.model = model
         self.tokenizer = tokenizer
         self.pool = pool
@@ -104,7 +104,7 @@ class Engine:
         self.arrival_wait = arrival_wait
         self._arriving = 0
         self.prefill_tokens = prefill_tokens
-        """Most prompt tokens prefilled between two decode steps, so joins never stall running rows for long."""
+        """Most prompt tokens prefilled between two decode steps, so newcomers never stall running rows for long."""
         self.metrics = metrics or Metrics()
         self.merged = merged
         """With --merge: the one adapter merged into the weights, served by plain forwards."""
@@ -185,7 +185,7 @@ class Engine:
         `lorakit serve` runs this on the main thread, the one that loaded the model, with HTTP on another: once
         the main thread has run parallel torch work, OpenMP (libgomp) counts its idle worker threads too and,
         seeing more threads than cores, stops spin-waiting, so every matrix product started from a second thread
-        paid a wake-up: a SmolLM2 decode step took ~1.8x as long on a background thread as on the main thread.
+        pays a wake-up and decode steps run markedly slower there.
         """
         self._stop = False
         self._serving = True

@@ -191,8 +191,7 @@ int lk_rope_cache(uint16_t *qkv, int64_t ld, int64_t n, int64_t nq, int64_t nkv,
  * a loop of these vectorizes where one of expf does not (libm's vector expf needs -ffast-math, which would
  * reorder the fixed-order sums): Cephes' expf, exp(r)·2^n with n = round(x·log2 e) by the 1.5·2^23 trick
  * (floorf does not vectorize either) and r = x - n·ln 2 in two parts. Below -87 it returns exp(-87) ~ 1.6e-38
- * instead of a smaller number or 0, a difference under 1e-37 in a sum of at least 1. NaN stays NaN. The
- * attention kernel took 0.87x the time with it (32 rows of 9 heads over 60 keys). */
+ * instead of a smaller number or 0, a difference under 1e-37 in a sum of at least 1. NaN stays NaN. */
 static inline float exp_neg(float x) {
     x = x < -87.f ? -87.f : x;
     const float n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
@@ -212,9 +211,8 @@ static inline float exp_neg(float x) {
 
 /* q·k for one key, in a fixed order. Where the CPU has AVX512-BF16 (and -march=native enables it), VDPBF16PS
  * multiplies the bf16 pairs exactly and sums them into 16 fp32 lanes (round to nearest; denormals flushed to
- * zero), then the lanes are added in _mm512_reduce_add_ps's fixed tree: the kernel took 0.76x the time at 32
- * rows x 60 keys, as it skips widening each key to fp32 first. Elsewhere the widened q (qf) against each key
- * widened 16 lanes at a time. */
+ * zero), then the lanes are added in _mm512_reduce_add_ps's fixed tree: faster, as it skips widening each key
+ * to fp32 first. Elsewhere the widened q (qf) against each key widened 16 lanes at a time. */
 static inline float dot_bf16(const uint16_t *q, const float *qf, const uint16_t *kt, int64_t hd) {
 #ifdef LK_DPBF16
     (void)qf;  /* not filled here: the caller widens q only for the other path */
@@ -276,7 +274,7 @@ int lk_decode_attention(const uint16_t *q, int64_t ldq, const uint16_t *keys, co
             float total = 0.f;
             for (int64_t t = 0; t < count; ++t) total += scores[t];
 #ifdef LK_DPBF16
-            if (hd == 64) {  /* the same sums lane by lane, kept in registers: 0.72x the time (32 rows x 512 keys) */
+            if (hd == 64) {  /* the same sums lane by lane, kept in registers */
                 __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
                 for (int64_t t = 0; t < count; ++t) {
                     const __m512 p = _mm512_set1_ps(scores[t]);
@@ -307,14 +305,13 @@ int lk_decode_attention(const uint16_t *q, int64_t ldq, const uint16_t *keys, co
     return failed ? -3 : 0;
 }
 
-/* ---- Greedy choice, for the serving engines ----
+/* ---- Greedy choice, for both serving forwards ----
  *
  * out[i] = the index of the first maximum of row i of x (n rows of v values, row stride ld; bf16 when is_bf16,
  * else fp32), as torch.max(dim=-1) picks it; a row holding NaN gives its first NaN, as torch.max does. A maximum
  * is exact in any order, so one pass takes the largest value (vectorized) and a second finds where it first is.
- * Both this and torch.max are bound by memory here (32 rows of SmolLM2's 49152 logits, cold: 338 µs in bf16, 414
- * in fp32, torch.max 448 in fp32); the gain is reading a bf16 head's output as it is instead of first widening it
- * to fp32 (240 µs) and reading twice the bytes: in a 32-row decode step 0.50 against 1.41 ms. */
+ * Both this and torch.max are bound by memory; the gain is reading a bf16 head's output as it is instead of first
+ * widening it to fp32 and reading twice the bytes. */
 /* Explicit vectors (GCC/clang vector extensions; plain loops with a ternary maximum or an early exit did not
  * vectorize). Three passes per row: the largest value (NaN compares false, so it is the largest of the others;
  * a maximum does not depend on the order), the first j holding it or a NaN, and when that is the maximum,

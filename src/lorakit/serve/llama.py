@@ -1,51 +1,22 @@
-"""A lean bf16 forward for Llama-family models on CPU whose greedy output does not depend on the batch.
+"""A lean bf16 forward for Llama-family models on the CPU whose rows never depend on the rest of the batch.
 
-Why not the transformers forward: in bf16 its rows depend on the rest of the batch (the shared, left-padded
-KV cache changes each row's attention reductions, and small fp32 LoRA GEMMs round differently for different row
-counts), so a request's greedy answer could change with the traffic around it. Here every op a decode row goes
-through gives bit-identical results whatever else is in the batch (each checked in tests/serve/test_lean_llama.py):
-- base weights are prepacked for oneDNN (packed.py; `torch.ops.mkldnn`, what torch.compile's CPU backend uses), 1.5x
-  faster over SmolLM2's weights than `F.linear`, which re-lays out the weight on every call. oneDNN picks its kernel by
-  the number of rows, and a row's bf16 result changes with the kernel (above 32 to 43 rows on SmolLM2's shapes,
-  above 21 on a 264x32 head; bench/lean_products.py). So a decode step's products take at most ROWS rows at a
-  time, and n rows are padded with zero rows to the smallest count (n itself where it can) proven to give every
-  row the bits a ROWS-row product gives it (packed.exact_counts, probed once per shape): every row of every step
-  meets one kernel's results. On SmolLM2 every count passes for all five shapes on an Intel host, and 8 rows
-  unpadded take 19.0 against 22.6 ms for the 121 products. On an AMD EPYC only the down product's 1-row kernel
-  differs; padding every down product to 32 rows for it, as the all-or-nothing probe before did, made an 8-row
-  step 1.12x as long (bench/lean_ab.py, 12.5 against 14.0 ms). The inputs of padded
-  products are written into persistent zero-padded buffers (Packed.slot); everything between the products runs
-  on the real rows only;
-- each request owns a slot of the KV cache, and in a decode step each row attends over exactly its own keys in
-  one C kernel call per layer (serve/kernels.c, lk_decode_attention: fp32, each row and head on its own). It
-  replaced sdpa over each row's keys rounded up to a bucket of 64 (masked), batched by width with the cache
-  gathered per group: bench/lean_ab.py 0.927 at 8 rows, 0.903 at 32;
-- LoRA with each row's own factors, in lorakit's C kernel (serve/kernels.c, lk_lora_rows): for each row, t = x·Aᵀ
-  and then, on each adapted target's span of the fused output, the sum of t·(s·Bᵀ), in fp32, added to the bf16
-  product and rounded once. Each row is summed on its own in a fixed order, so it does not depend on the other
-  rows; each distinct adapter's factors are stored once, not copied for every row using it; rows are grouped by
-  rank so none is padded to another adapter's rank. It replaced two `F.embedding_bag` sums (and the casts and
-  the add around them) per product: one call instead of four ops (bench/lean_ab.py, BENCHMARKS.md). The tables
-  are bf16, as the bf16 model holds its factors (half the bytes of fp32: 8 adapters in use then cost ~2% of a
-  32-row step instead of ~5%), widened to fp32 as the kernel reads them. (The same bf16 tables summed by
-  embedding_bag gave a prompt other bits alone than packed in about 4 of 10 processes, cause not found;
-  tests/serve/test_lean_smollm2.py checks this in fresh processes.) Where the kernel cannot be built (no C
-  compiler), the engine serves through the transformers forward instead;
-- RMSNorm in one kernel call per norm (lk_rms_norm: fp32, each row's sum of squares in a fixed order) instead of
-  six torch ops: bench/lean_ab.py 0.932 at 8 rows, 0.909 at 32; RoPE on q and k and the writes of each row's key
-  and value into its cache slot in one call per layer (lk_rope_cache, transformers' bf16 RoPE bit for bit)
-  instead of four ops and two index_put_: 0.946 at 8 rows, 0.953 at 32, the same tokens;
-- prompts joining together are prefilled packed into one batch, each through products of proven row counts (64
-  to 192 here), its own LoRA (each token with its request's adapter) and its own causal attention (prompts of up
-  to SHORT_PROMPT tokens in the decode-attention kernel, each token over its prompt's cached keys: 0.81-0.86x the
-  prefill of sdpa per prompt length; longer prompts through sdpa, batched with the prompts of their length), so a
-  prompt's first token never depends on the batch either;
-- where a prefill's row counts give each row the bits of a decode step's (LeanLlama.joins: on an AMD EPYC every
-  count to 1024 did on SmolLM2's shapes, on an Intel host with AMX counts above 32-43 did not), the rows already
-  running join the newcomers' prefill, each as a one-token prompt continuing its slot through the decode
-  kernels: one pass over the weights per step instead of a prefill and then a decode step. With a request
-  joining most steps (bench/lean_ab.py --joining) the engine made 874 tokens/s against 612 without joining, the
-  same tokens.
+Why: in bf16 the transformers forward's rows depend on the batch (the shared, left-padded KV cache changes each
+row's attention reductions, and small LoRA GEMMs round differently for different row counts), so a request's
+greedy answer could change with the traffic around it. Here every op a row goes through gives it the same bits
+whatever else is in the batch (each checked in tests/serve/test_lean_llama.py):
+- base weights prepacked for oneDNN, multiplied in products of row counts proven to give every row the same bits
+  (packed.py); everything between the products runs on the real rows only;
+- each request owns a slot of the KV cache (kv.SlotCache) and attends over exactly its own keys, each row on its
+  own (kernels.decode_attention);
+- LoRA with each row's own factors, summed on its own in a fixed order (kernels.lora_rows over factors.py's
+  tables: each distinct adapter's factors stored once, rows grouped by rank so none is padded to another's);
+- RMSNorm, and RoPE with the writes of each row's key and value into its cache slot, in one C kernel call each
+  (kernels.rms_norm, kernels.rope_cache: transformers' bf16 results bit for bit);
+- prompts prefilled together are packed into one batch, each through products of proven row counts, its own
+  LoRA and its own causal attention (up to SHORT_PROMPT tokens in the decode-attention kernel, longer prompts
+  through sdpa, batched with the prompts of their length);
+- where a prefill's row counts give each row a decode step's bits (LeanLlama.decode_in_prefill), running rows
+  take their decode step inside the newcomers' prefill: one pass over the weights instead of two.
 
 Supports LlamaForCausalLM without attention or MLP biases (SmolLM2, TinyLlama, Llama 2/3) and LoRA on its seven
 projections. Adapters must not touch other modules (embeddings, the head, modules_to_save) or use DoRA.
@@ -68,6 +39,8 @@ from lorakit.serve.packed import PREFILL_MAX, PREFILL_ROWS, ROWS, Packed, exact_
 from lorakit.serve.rope import RopeTable
 
 SHORT_PROMPT = 64  # prompts up to this long attend in the decode kernel when prefilled, longer ones through sdpa
+
+
 def unsupported(model: nn.Module) -> str | None:
     """Why the lean forward cannot run this model (None when it can)."""
     cfg = getattr(model, "config", None)
@@ -106,11 +79,10 @@ class Block:
         self.gate_up = Packed(torch.cat([_weight(getattr(mlp, n)) for n in MLP]))
         self.down = Packed(_weight(mlp.down_proj))
         q, k = _weight(attn.q_proj).shape[0], _weight(attn.k_proj).shape[0]
-        inter = _weight(mlp.gate_proj).shape[0]
+        inter, hidden = _weight(mlp.gate_proj).shape[0], _weight(attn.o_proj).shape[0]
         # Where each projection's output sits in its product's fused output.
-        hidden = _weight(attn.o_proj).shape[0]
         self.columns = {"q_proj": (0, q), "k_proj": (q, q + k), "v_proj": (q + k, q + 2 * k), "o_proj": (0, hidden),
-                      "gate_proj": (0, inter), "up_proj": (inter, 2 * inter), "down_proj": (0, hidden)}
+                        "gate_proj": (0, inter), "up_proj": (inter, 2 * inter), "down_proj": (0, hidden)}
         self.widths = {"qkv": q + 2 * k, "o": hidden, "gate_up": 2 * inter, "down": hidden}
 
     def module(self, target: str) -> nn.Module:
@@ -155,14 +127,15 @@ class LeanLlama:
                     p.sizes[PREFILL_ROWS] = tuple(sorted((PREFILL_ROWS, *exact_counts(
                         p.out_features, p.in_features, threads, PREFILL_ROWS, prefill))))
             # Where a PREFILL_ROWS-row product gives each row a ROWS-row product's bits, every proven count of
-            # either kind does: then running rows may join a prefill's products (joins), and either kind of
-            # product takes any of those counts.
-            self.decode_in_prefill = all(exact_counts(p.out_features, p.in_features, threads, ROWS, (PREFILL_ROWS,))
-                             for p in layers)
+            # either kind does: then running rows may take their decode step in a prefill's products, and either
+            # kind of product takes any of those counts.
+            self.decode_in_prefill = all(
+                exact_counts(p.out_features, p.in_features, threads, ROWS, (PREFILL_ROWS,)) for p in layers)
+            """Whether running rows may take their decode step inside a prefill (see prefill's slots)."""
             if self.decode_in_prefill:
                 for p in layers:
                     p.sizes[ROWS] = p.sizes[PREFILL_ROWS] = tuple(sorted({*p.sizes[ROWS], *p.sizes[PREFILL_ROWS]}))
-        _trim()  # the probes' freed outputs otherwise stay in the process (~200 MB on SmolLM2)
+        _trim()  # the probes' freed outputs otherwise stay mapped in the process
         self.lora = LoraTables(model, self.blocks)
         self.cache = SlotCache(len(self.blocks), self.kv_heads, self.head_dim, self.context)
 
@@ -188,7 +161,7 @@ class LeanLlama:
                 ) -> tuple[list[int], torch.Tensor]:
         """Prefill prompts, their tokens packed into one batch: (slots, (n, vocab) bf16 logits of each prompt's last
         token). Prompt i goes into a new slot, or continues slot slots[i] after the tokens it holds (a running
-        request's next token is such a one-token prompt: see `joins`).
+        request's next token is such a one-token prompt: see decode_in_prefill).
 
         Each prompt's result is the same as when it is prefilled alone: its rows go through products of row counts
         proven equivalent (Packed.sizes), its LoRA products see only its own tokens, and its causal attention only

@@ -19,13 +19,11 @@ class RopeTable:
         """The (cos, signed sin) tables, (positions, D) bf16, grown to cover `positions`; signed sin has its first
         half negated, as kernels.rope_cache takes it.
 
-        The model's rotary embedding computes these in fp32 on every call. On SmolLM2 in fresh processes, a
-        process's first lean forward now and then (3 to 4 of 10 processes) got a cos table from fp32 that
-        differed in one bf16 step from a second forward's built later in the same process; what in the process's
-        state made fp32 cos differ was not found (not MKL's reproducibility mode, not flush-to-zero; in a loop
-        the same call is always the same). Computed in float64 and rounded to bf16, 20 of 20 processes agreed
-        (tests/serve/test_lean_smollm2.py). A block's values do not depend on how many blocks the table has, so a
-        position's cos and sin never change while a forward lives. Within an ulp of the model's own values."""
+        Computed in float64 and rounded to bf16, within an ulp of the model's own values: the model's rotary
+        embedding computes them in fp32 on every call, and fp32 tables were seen to differ by one bf16 step
+        between a process's first forward and later ones (tests/serve/test_lean_smollm2.py checks fresh
+        processes). A block's values do not depend on how many blocks the table has, so a position's cos and sin
+        never change while a forward lives."""
         top = int(positions.max()) + 1
         if top > self.cos.shape[0]:
             inv_freq = self.rotary.inv_freq.double()

@@ -62,8 +62,8 @@ def choose_tokens(
 
     Each sampled row uses only its own generator, so its draw does not depend on what else is in the batch.
     """
-    # The first maximum, as argmax gives it (torch.max: twice as fast as argmax over a 49k vocabulary here;
-    # lorakit's kernel reads bf16 logits without widening them first).
+    # The first maximum, as argmax gives it (torch.max is faster than argmax over a large vocabulary; lorakit's
+    # kernel reads bf16 logits without widening them first).
     out = kernels.argmax(logits)
     if out is None:
         out = logits.max(dim=-1).indices
