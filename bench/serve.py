@@ -447,7 +447,7 @@ def engine_vs_peft(model, peft_model, tok, dirs: list[Path], texts: list[str], n
                         ("peft", lambda n=n: peft_mixed(peft_model, tok, texts, n, new))]
                 for side, fn in pair if r % 2 == 0 else pair[::-1]:
                     runs[n][side].append(fn())
-        out = {"device": str(device), "forward": "lean bf16" if engine.lean is not None else "transformers"}
+        out = {"device": str(device), "forward": engine.backend.name}
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
     for n, v in runs.items():

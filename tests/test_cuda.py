@@ -244,7 +244,7 @@ def test_the_engine_on_the_gpu_gives_each_request_its_solo_output_in_a_mixed_bat
     for name, path in adapters.items():
         pool.add(name, path)
     engine = Engine(model, serve_support.tiny_tokenizer(), pool)
-    assert engine.lean is None  # the lean forward is the CPU's
+    assert engine.backend.name == "transformers"  # the lean forward is the CPU's
 
     greedy = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
     jobs = [("SELECT name FROM", "sql"), ("name[The Eagle]", "e2e"), ("hi", None), ("a longer prompt", "chat"),

@@ -190,7 +190,7 @@ def test_the_fused_merge_kernel_agrees_with_addmm_to_fp32_rounding(ids, monkeypa
     assert fused["model.layers.0.self_attn.qkv.base_layer.weight"][k].equal(
         before["model.layers.0.self_attn.qkv.base_layer.weight"][k])
     lorakit.unmerge(model)
-    monkeypatch.setattr(kernel, "_loaded", (None, "disabled by the test"))
+    monkeypatch.setattr(kernel.MERGE, "_loaded", (None, "disabled by the test"))
     copy = tiny_llama()
     _fused_linear(copy)
     lorakit.inject(copy, LoraConfig(rank=4, alpha=8, targets=("q_proj", "v_proj", "down_proj", "qkv"),
@@ -220,8 +220,8 @@ def test_a_deep_copy_merges_into_its_own_weights(ids):
 def test_without_a_compiler_merges_fall_back_to_addmm(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(kernel, "_loaded", None)
-    assert kernel.status().startswith("addmm_ (could not build kernels.c")
+    monkeypatch.setattr(kernel.MERGE, "_loaded", None)
+    assert kernel.status().startswith("addmm_ (could not build merge.c")
     model = tiny_llama()
     lorakit.inject(model, LoraConfig(rank=4))
     randomize(model)

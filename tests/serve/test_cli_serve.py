@@ -72,15 +72,15 @@ def test_a_merged_server_serves_only_its_adapter_with_the_unmerged_output(model_
 
 def test_auto_dtype_serves_a_llama_with_the_lean_bf16_forward_and_float32_keeps_transformers(model_dir):
     auto = build_service(parse("--model", str(model_dir), "--device", "cpu"))
-    assert auto.engine.lean is not None and next(auto.engine.model.parameters()).dtype == torch.bfloat16
+    assert auto.engine.backend.name == "lean bf16" and next(auto.engine.model.parameters()).dtype == torch.bfloat16
     fp32 = build_service(parse("--model", str(model_dir), "--dtype", "float32", "--device", "cpu"))
-    assert fp32.engine.lean is None
+    assert fp32.engine.backend.name == "transformers"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_auto_on_a_gpu_serves_float32_with_the_transformers_forward(model_dir):
     gpu = build_service(parse("--model", str(model_dir)))  # auto device: the GPU
-    assert gpu.engine.device.type == "cuda" and gpu.engine.lean is None
+    assert gpu.engine.device.type == "cuda" and gpu.engine.backend.name == "transformers"
     assert next(gpu.engine.model.parameters()).dtype == torch.float32
 
 

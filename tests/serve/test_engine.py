@@ -31,7 +31,7 @@ def engine_with(adapters: dict[str, Path], forward: str = "hf", **kw) -> Engine:
     for name, path in adapters.items():
         pool.add(name, path)
     engine = Engine(model, tiny_tokenizer(), pool, **kw)
-    assert (engine.lean is not None) == (forward == "lean")  # bf16 Llama on the CPU picks the lean forward
+    assert engine.backend.name == ("lean bf16" if forward == "lean" else "transformers")  # bf16 Llama on the CPU
     return engine
 
 
@@ -78,8 +78,11 @@ def test_greedy_output_is_identical_alone_and_in_a_busy_mixed_batch(adapters, fo
     for job, a, b, c in zip(JOBS, alone, staggered, together, strict=True):
         assert tokens(a) == tokens(b) == tokens(c), job
         assert "".join(e.text for e in a) == "".join(e.text for e in b) == "".join(e.text for e in c)
-    assert not engine.running and engine.batch.rows == 0
-    assert engine.lean is None or not any(engine.lean.cache.lengths)  # every cache slot was given back
+    assert not engine.running
+    if forward == "hf":
+        assert engine.backend.batch.rows == 0 and not engine.backend.rows
+    else:
+        assert not any(engine.backend.forward.cache.lengths)  # every cache slot was given back
 
 
 def test_engine_output_equals_transformers_generate_with_the_adapter_active(adapters):
@@ -153,8 +156,8 @@ def test_merge_mode_gives_the_same_output_as_the_unmerged_adapter(adapters):
     engine = engine_with({"sql": adapters["sql"]})
     unmerged = tokens(run(engine, [("merge me", "sql", GREEDY)])[0])
     lorakit.merge(engine.model, engine.pool.entries["sql"].key)
-    engine.merged = "sql"
-    assert tokens(run(engine, [("merge me", "sql", GREEDY)])[0]) == unmerged
+    merged = Engine(engine.model, engine.tokenizer, engine.pool, merged="sql")  # as `lorakit serve --merge` builds it
+    assert tokens(run(merged, [("merge me", "sql", GREEDY)])[0]) == unmerged
 
 
 @both
@@ -169,8 +172,7 @@ def test_a_failing_step_fails_the_requests_in_flight_and_the_engine_keeps_servin
     import threading
 
     engine = engine_with(adapters, forward)
-    owner, attr = (engine, "_forward") if forward == "hf" else (engine.lean, "prefill")
-    real = getattr(owner, attr)
+    real = engine.backend.prefill
 
     def broken(*args, **kw):
         raise RuntimeError("out of memory (simulated)")
@@ -184,10 +186,10 @@ def test_a_failing_step_fails_the_requests_in_flight_and_the_engine_keeps_servin
 
     engine.start()
     try:
-        monkeypatch.setattr(owner, attr, broken)
+        monkeypatch.setattr(engine.backend, "prefill", broken)
         failed = collect("sql")
         assert failed[-1].finish_reason == "error" and "out of memory" in failed[-1].error
-        monkeypatch.setattr(owner, attr, real)
+        monkeypatch.setattr(engine.backend, "prefill", real)
         assert collect("sql")[-1].finish_reason == "length"
         assert not engine.pool.in_use
     finally:

@@ -12,10 +12,10 @@ from serve_support import save_adapter, tiny_model, tiny_server, tiny_tokenizer
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import lorakit
-from lorakit.core import kernel
-from lorakit.serve import llama
+from lorakit.serve import factors, kernels, llama
 from lorakit.serve.engine import Engine, Event
-from lorakit.serve.llama import LeanLlama, unsupported
+from lorakit.serve.hf import TransformersBackend
+from lorakit.serve.llama import LeanBackend, LeanLlama, unsupported
 from lorakit.serve.pool import AdapterPool
 from lorakit.serve.sampling import SamplingParams
 
@@ -188,10 +188,10 @@ def test_only_bf16_llama_models_on_the_cpu_take_the_lean_forward(tmp_path):
     with pytest.raises(ValueError, match="cannot run this model"):
         LeanLlama(gpt2)
     fp32 = tiny_model()
-    assert Engine(fp32, tiny_tokenizer(), AdapterPool(fp32)).lean is None
+    assert isinstance(Engine(fp32, tiny_tokenizer(), AdapterPool(fp32)).backend, TransformersBackend)
     bf16 = tiny_model().to(torch.bfloat16)
-    assert Engine(bf16, tiny_tokenizer(), AdapterPool(bf16)).lean is not None
-    assert Engine(bf16, tiny_tokenizer(), AdapterPool(bf16), lean=False).lean is None
+    assert isinstance(Engine(bf16, tiny_tokenizer(), AdapterPool(bf16)).backend, LeanBackend)
+    assert isinstance(Engine(bf16, tiny_tokenizer(), AdapterPool(bf16), lean=False).backend, TransformersBackend)
     # RoPE from a table needs a fixed inv_freq: dynamic scaling changes it with the sequence length.
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -199,17 +199,17 @@ def test_only_bf16_llama_models_on_the_cpu_take_the_lean_forward(tmp_path):
                       num_key_value_heads=2, rope_scaling={"rope_type": "dynamic", "factor": 2.0})
     dynamic = LlamaForCausalLM(cfg).to(torch.bfloat16)
     assert "rotary" in unsupported(dynamic)
-    assert Engine(dynamic, tiny_tokenizer(), AdapterPool(dynamic)).lean is None
+    assert isinstance(Engine(dynamic, tiny_tokenizer(), AdapterPool(dynamic)).backend, TransformersBackend)
 
 
 def test_without_the_lora_kernel_the_engine_serves_through_transformers(tmp_path, monkeypatch):
-    monkeypatch.setattr(kernel, "_loaded", (None, "no C compiler found (the test says so)"))
+    monkeypatch.setattr(kernels.LIBRARY, "_loaded", (None, "no C compiler found (the test says so)"))
     path = save_adapter(tmp_path / "a", lorakit.LoraConfig(rank=4, targets=("q_proj", "v_proj")), seed=3)
     model = tiny_model().to(torch.bfloat16)
     assert "no C compiler found" in unsupported(model)
     pool = AdapterPool(model, tmp_path)
     engine = Engine(model, tiny_tokenizer(), pool)
-    assert engine.lean is None
+    assert isinstance(engine.backend, TransformersBackend)
     pool.add("a", path)
     events: list[Event] = []
     engine.submit([5, 9, 17], "a", SamplingParams(max_tokens=3, ignore_eos=True), events.append)
@@ -243,17 +243,17 @@ def test_a_lean_engine_built_after_a_merge_serves_the_merged_weights(tmp_path):
     pool = AdapterPool(model, tmp_path)
     key = pool.add("m", path).key
     prompt = [[5, 6, 7, 8, 9]]
-    _, unmerged = Engine(model, tiny_tokenizer(), pool).lean.prefill(prompt, [key])
+    _, unmerged = Engine(model, tiny_tokenizer(), pool).backend.forward.prefill(prompt, [key])
     _, base = LeanLlama(tiny_model().to(torch.bfloat16)).prefill(prompt, [None])
     lorakit.merge(model, key)
-    _, merged = Engine(model, tiny_tokenizer(), pool, merged="m").lean.prefill(prompt, [None])
+    _, merged = Engine(model, tiny_tokenizer(), pool, merged="m").backend.forward.prefill(prompt, [None])
     torch.testing.assert_close(merged, unmerged, atol=5e-2, rtol=0)  # bf16 weights rounded once after merging
     assert (merged - base).abs().max() > 0.2  # and the adapter is really in them
 
 
 def test_concurrent_mixed_requests_to_a_bf16_server_match_their_solo_runs(tmp_path):
     with tiny_server(tmp_path, dtype=torch.bfloat16) as served:
-        assert served.engine.lean is not None
+        assert isinstance(served.engine.backend, LeanBackend)
         client = openai.OpenAI(base_url=served.url + "/v1", api_key="x", max_retries=0)
 
         def complete(model: str, prompt: str) -> str:
@@ -309,21 +309,21 @@ def test_the_lean_forward_keeps_the_factors_of_a_bounded_number_of_adapters(tmp_
     config = lorakit.LoraConfig(rank=2, targets=("q_proj",))
     model = tiny_model().to(torch.bfloat16)
     lean = LeanLlama(model)
-    for i in range(llama.PIECES_KEPT + 6):
+    for i in range(factors.ADAPTERS_KEPT + 6):
         lorakit.load_adapter(model, save_adapter(tmp_path / f"a{i}", config, seed=i), name=f"a{i}")
         slots, _ = lean.prefill([[5, 6]] * 2, [f"a{i}", f"a{i // 2}"])
         for slot in slots:
             lean.release(slot)
-    assert len(lean._pieces) <= llama.PIECES_KEPT + 2
+    assert len(lean.lora.adapters) <= factors.ADAPTERS_KEPT + 2
 
 
 def test_a_running_row_continued_as_a_one_token_prompt_gets_its_decode_step_bits():
     """LeanLlama.prefill continuing a slot is what a running row goes through when it joins newcomers' prefill;
-    where the forward allows that (joins: one kernel's results for a decode step's and a prefill's row counts),
-    its logits and cache must be exactly a decode step's, beside new prompts of any length."""
+    where the forward allows that (decode_in_prefill: one kernel's results for a decode step's and a prefill's row
+    counts), its logits and cache must be exactly a decode step's, beside new prompts of any length."""
     model = adapted_model()
     lean = LeanLlama(model)
-    if not lean.joins:
+    if not lean.decode_in_prefill:
         pytest.skip("this machine's oneDNN kernels differ between decode and prefill row counts: rows never join")
     rng = random.Random(1)
     prompts = [[rng.randrange(5, 260) for _ in range(n)] for n in (3, 9, 1)]
@@ -347,17 +347,17 @@ def test_a_running_row_continued_as_a_one_token_prompt_gets_its_decode_step_bits
     assert torch.equal(decoded, joined) and torch.equal(after, after_joined)
 
 
-@pytest.mark.parametrize("joins", [True, False])
-def test_requests_joining_a_running_batch_get_their_solo_tokens(tmp_path, joins):
+@pytest.mark.parametrize("decode_in_prefill", [True, False])
+def test_requests_joining_a_running_batch_get_their_solo_tokens(tmp_path, decode_in_prefill):
     """Requests arriving while others run (each prefilled while they decode, the running rows joining that pass
     where the forward allows it, else a prefill and then a decode step) give what they give alone."""
     pool = AdapterPool(tiny_model().to(torch.bfloat16), tmp_path)
     pool.add("a", save_adapter(tmp_path / "a", lorakit.LoraConfig(rank=4, targets=("q_proj", "v_proj")), seed=1))
     pool.add("b", save_adapter(tmp_path / "b", lorakit.LoraConfig(rank=8, targets=("o_proj", "up_proj")), seed=2))
     engine = Engine(pool.model, tiny_tokenizer(), pool)
-    if joins and not engine.lean.joins:
+    if decode_in_prefill and not engine.backend.decode_in_prefill:
         pytest.skip("this machine's oneDNN kernels differ between decode and prefill row counts: rows never join")
-    engine.lean.joins = joins
+    engine.backend.decode_in_prefill = decode_in_prefill
     rng = random.Random(2)
     jobs = [([rng.randrange(5, 260) for _ in range(rng.choice((1, 5, 12, 70)))], (None, "a", "b")[i % 3],
              rng.randrange(3, 9)) for i in range(10)]

@@ -97,13 +97,13 @@ def test_every_endpoint_but_health_and_the_page_needs_the_api_key(served):
 
 def test_a_client_disconnecting_mid_stream_frees_its_row(served, monkeypatch):
     engine = served.engine
-    slow = engine._forward
+    slow = engine.backend.decode
 
-    def forward(*args, **kw):  # slow decoding down so the disconnect lands while the request still runs
+    def decode(rows):  # slow decoding down so the disconnect lands while the request still runs
         time.sleep(0.02)
-        return slow(*args, **kw)
+        return slow(rows)
 
-    monkeypatch.setattr(engine, "_forward", forward)
+    monkeypatch.setattr(engine.backend, "decode", decode)
     body = {"model": "e2e", "prompt": "go", "max_tokens": 80, "temperature": 0, "stream": True, "ignore_eos": True}
     with httpx.stream("POST", served.url + "/v1/completions", json=body, timeout=30,
                       headers={"Authorization": "Bearer s3cret"}) as r:

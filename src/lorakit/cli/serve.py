@@ -95,8 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
     service = build_service(args)
     engine = service.engine
-    forward = "transformers" if engine.lean is None else (
-        "lean bf16, running rows join prefills" if engine.lean.joins else "lean bf16")
+    forward = engine.backend.name + (", running rows join prefills" if engine.backend.decode_in_prefill else "")
     print(f"lorakit serve: {service.base_name} on {engine.device} ({forward} forward) with adapters "
           f"{service.pool.names() or 'none'}{' (merged)' if engine.merged else ''}; http://{args.host}:{args.port}/")
     serve(service, args.host, args.port, args.api_key)

@@ -2,15 +2,9 @@
 
 Each iteration: run queued calls (adapter loads), admit waiting requests (prefilling their prompts), then one
 decode step for all running rows. Finished and cancelled rows leave between steps. Only the engine's thread
-touches the model. Two forwards:
-- the transformers model (any architecture, any dtype): per-row adapter ids (lorakit.adapter_rows) over a shared
-  right-aligned KV cache (kv.BatchCache); in fp32 a request's greedy output does not depend on the batch in
-  practice (rows differ by ~1e-7), in bf16 it can;
-- lean (llama.LeanLlama; bf16 Llama models on CPU where lorakit's C kernels are built, the default there):
-  per-request cache slots and ops whose rows are bit-identical whatever else is in the batch; a SmolLM2 decode
-  step of 8 rows took 36-37 ms against the fp32 forward's 99-118 ms, two runs each, one after the other on a
-  busy host (bench/serve.py --profile 8 [--dtype bfloat16], at 97c6e75). Where its kernels allow it
-  (LeanLlama.joins), a step that admits requests runs the running rows' next token in their prefill's pass.
+touches the model. The forward passes are a Backend's (backend.py): the lean bf16 forward for bf16 Llama models on
+the CPU where its kernels are built (llama.LeanBackend: a request's output never depends on the batch), else the
+transformers forward (hf.TransformersBackend).
 """
 
 from __future__ import annotations
@@ -26,12 +20,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 import lorakit
-from lorakit.core.state import ATTR
-from lorakit.serve.kv import BatchCache
-from lorakit.serve.llama import LeanLlama, unsupported
+from lorakit.serve.backend import Backend
+from lorakit.serve.hf import TransformersBackend
+from lorakit.serve.llama import LeanBackend, unsupported
 from lorakit.serve.metrics import Metrics
 from lorakit.serve.pool import AdapterPool
 from lorakit.serve.sampling import SamplingParams, choose_tokens
@@ -73,8 +67,6 @@ class Request:
     finished: bool = False
     submitted: float = field(default_factory=time.monotonic)
     first_token: float | None = None
-    slot: int | None = None
-    """The request's KV cache slot in the lean forward."""
 
 
 class Engine:
@@ -95,14 +87,14 @@ class Engine:
         arrival_wait: float = 0.05,
     ):
         """lean: use the lean bf16 forward (True), the transformers forward (False), or the lean one whenever the
-        model is a bf16 Llama on the CPU (None).
+        model is a bf16 Llama on the CPU and its kernels are built (None).
 
         arrival_gap, arrival_wait (seconds): when a request finds the engine idle, the engine waits until no
         request is on its way (see `arriving`) and none has been submitted for arrival_gap, at most arrival_wait
         in all, and prefills them together. Clients that send at once reach the engine over tens of milliseconds
-        (the HTTP thread reads, validates and tokenizes them one by one): without the wait, 8 simultaneous
-        requests were prefilled as 1 + 7 (60 + 105 ms, a 1-row decode step between) and 32 as 1 + 31, against
-        one prefill each. A lone request pays arrival_gap. 0 turns this off."""
+        (the HTTP thread reads, validates and tokenizes them one by one): without the wait, a burst was prefilled
+        as its first request and then the rest, a decode step between (BENCHMARKS.md). A lone request pays
+        arrival_gap. 0 turns this off."""
         self.model = model
         self.tokenizer = tokenizer
         self.pool = pool
@@ -112,7 +104,7 @@ class Engine:
         self.arrival_wait = arrival_wait
         self._arriving = 0
         self.prefill_tokens = prefill_tokens
-        """Most prompt tokens prefilled between two decode steps, so joins never stall running rows for long."""
+        """Most prompt tokens prefilled between two decode steps, so newcomers never stall running rows for long."""
         self.metrics = metrics or Metrics()
         self.merged = merged
         """With --merge: the one adapter merged into the weights, served by plain forwards."""
@@ -120,10 +112,10 @@ class Engine:
         self.eos = eos_ids(model, tokenizer)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
-        self.batch = BatchCache()
         if lean is None:
             lean = next(model.parameters()).dtype == torch.bfloat16 and unsupported(model) is None
-        self.lean = LeanLlama(model) if lean else None
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.backend: Backend = LeanBackend(model) if lean else TransformersBackend(model, pad, merged is not None)
         self.calls: deque[tuple[Callable[[], object], Future]] = deque()
         self._ids = itertools.count(1)
         self._wake = threading.Condition()
@@ -193,7 +185,7 @@ class Engine:
         `lorakit serve` runs this on the main thread, the one that loaded the model, with HTTP on another: once
         the main thread has run parallel torch work, OpenMP (libgomp) counts its idle worker threads too and,
         seeing more threads than cores, stops spin-waiting, so every matrix product started from a second thread
-        paid a wake-up: a SmolLM2 decode step took ~1.8x as long on a background thread as on the main thread.
+        pays a wake-up and decode steps run markedly slower there.
         """
         self._stop = False
         self._serving = True
@@ -249,9 +241,7 @@ class Engine:
         for seq in waiting + self.running:
             self._finish(seq, "error", "", error=error)
         self.running = []
-        self.batch = BatchCache()
-        if self.lean is not None:
-            self.lean.reset()
+        self.backend.reset()
 
     # ---- the engine's thread ----
 
@@ -331,78 +321,30 @@ class Engine:
             return True
         try:
             seq.key = self.pool.acquire(seq.adapter)
-            if seq.key is not None and self.lean is not None:
-                self.lean.check(seq.key)
+            if seq.key is not None:
+                self.backend.check(seq.key)
         except lorakit.LoraError as e:
             self._finish(seq, "error", "", error=f"adapter {seq.adapter!r} could not be loaded: {e}")
             return True
         return seq.key is not None
 
     def _prefill(self, rows: list[Request]) -> bool:
-        """Prefill newcomers; True when the running rows took this step's token in the same pass.
-
-        In the lean forward, where its products give every row the same bits at a decode step's row counts and
-        a prefill's (LeanLlama.joins), each running row joins the prefill as a one-token prompt continuing its
-        slot: one pass over the weights instead of a prefill and a decode step (bench/lean_ab.py --joining).
-        """
+        """Prefill newcomers; True when the running rows took this step's token in the same pass (where the
+        backend's decode_in_prefill allows it: one pass over the weights instead of a prefill and a decode step)."""
         for seq in rows:
             seq.generator = seq.params.generator(self.device)
-        carried: list[Request] = []
-        if self.lean is not None:
-            carried = list(self.running) if self.lean.joins else []
-            slots, logits = self.lean.prefill([[s.output[-1]] for s in carried] + [s.prompt for s in rows],
-                                              [s.key for s in carried + rows],
-                                              [s.slot for s in carried] + [None] * len(rows))
-            for seq, slot in zip(rows, slots[len(carried) :], strict=True):
-                seq.slot = slot
-        else:
-            lengths = [len(s.prompt) for s in rows]
-            longest = max(lengths)
-            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-            ids = torch.tensor([[pad] * (longest - len(s.prompt)) + s.prompt for s in rows], device=self.device)
-            mask, positions = prefill_mask(lengths, longest, self.device, self._mask_dtype())
-            cache = DynamicCache()
-            logits = self._forward(rows, ids, mask, positions, cache)
-            self.batch.add(cache, lengths)
+        carried = list(self.running) if self.backend.decode_in_prefill else []
+        logits = self.backend.prefill(carried + rows)
         if carried:
             self.metrics.observe_batch(len(carried) + len(rows))
         self.running.extend(rows)
         self._emit(carried + rows, logits)
         return bool(carried)
 
-    def _mask_dtype(self) -> torch.dtype | None:
-        """None: a boolean mask (sdpa); else the dtype of an additive mask (eager attention adds it)."""
-        impl = getattr(self.model.config, "_attn_implementation", "sdpa")
-        return None if impl == "sdpa" else next(self.model.parameters()).dtype
-
     def _decode(self) -> None:
-        rows = self.running
-        if self.lean is not None:
-            logits = self.lean.decode([s.slot for s in rows], [s.output[-1] for s in rows], [s.key for s in rows])
-        else:
-            ids = torch.tensor([[s.output[-1]] for s in rows], device=self.device)
-            mask = self.batch.step_mask()
-            positions = torch.tensor([[len(s.prompt) + len(s.output) - 1] for s in rows], device=self.device)
-            logits = self._forward(rows, ids, mask, positions, self.batch.cache)
-            self.batch.advance(mask)
-        self.metrics.observe_batch(len(rows))
-        self._emit(rows, logits)
-
-    def _forward(self, rows: list[Request], ids: torch.Tensor, mask: torch.Tensor | None,
-                 positions: torch.Tensor | None, cache: DynamicCache) -> torch.Tensor:
-        """(B, vocab) next-token logits; one pass serves every row's adapter.
-
-        Only the forward runs in inference mode: adapters loaded in it would be inference tensors, which the
-        core's change detection (tensor version counters) cannot read.
-        """
-        kwargs = dict(attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
-        state = getattr(self.model, ATTR, None)
-        if self.merged is not None or state is None or not state.names:
-            with torch.inference_mode():
-                return self.model(ids, **kwargs).logits[:, -1]
-        # The pool replaces tensors on (re)load and nothing edits them in place: skip the per-step weight scan.
-        with lorakit.adapter_rows(self.model, [s.key for s in rows], check_weights=False), torch.inference_mode():
-            return self.model(ids, **kwargs).logits[:, -1]
+        logits = self.backend.decode(self.running)
+        self.metrics.observe_batch(len(self.running))
+        self._emit(self.running, logits)
 
     def _emit(self, rows: list[Request], logits: torch.Tensor) -> None:
         tokens = choose_tokens(logits, [s.params for s in rows], [s.generator for s in rows]).tolist()
@@ -433,16 +375,9 @@ class Engine:
             self._keep([s for s in self.running if s not in done])
 
     def _keep(self, rows: list[Request]) -> None:
-        if self.lean is not None:
-            kept = {id(s) for s in rows}
-            for seq in self.running:
-                if id(seq) not in kept and seq.slot is not None:
-                    self.lean.release(seq.slot)
-                    seq.slot = None
-            self.running = rows
-            return
-        index = {id(s): i for i, s in enumerate(self.running)}
-        self.batch.keep([index[id(s)] for s in rows])
+        """Keep these running rows (in their order); the backend forgets the others."""
+        kept = {id(s) for s in rows}
+        self.backend.release([s for s in self.running if id(s) not in kept])
         self.running = rows
 
     def _finish(self, seq: Request, reason: str, text: str, token: int | None = None, error: str | None = None) -> None:
@@ -482,22 +417,3 @@ def eos_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
         elif isinstance(value, list | tuple):
             found.update(int(v) for v in value)
     return found
-
-
-def prefill_mask(lengths: list[int], longest: int, device: torch.device, dtype: torch.dtype | None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, 1, L, L) attention mask and (n, L) positions for left-padded prompts prefilled together.
-
-    Real tokens attend causally to their own prompt only. A padding position attends to itself alone, so no
-    softmax row is empty (an all-masked row gives NaN, which would reach the cache); its keys and values are
-    finite and every later query masks them out.
-    """
-    pad = torch.tensor([longest - n for n in lengths], device=device)[:, None, None]
-    q = torch.arange(longest, device=device)[:, None]
-    k = torch.arange(longest, device=device)[None, :]
-    allowed = ((k <= q) & (k >= pad)) | (k == q)  # (n, L, L)
-    positions = (torch.arange(longest, device=device)[None, :] - pad[:, :, 0]).clamp(min=0)
-    if dtype is None:
-        return allowed[:, None], positions
-    zero = torch.zeros((), dtype=dtype, device=device)
-    return torch.where(allowed, zero, torch.finfo(dtype).min)[:, None], positions

@@ -1,11 +1,11 @@
 """Base-weight products for the lean forward (llama.py): bf16 weights prepacked for oneDNN, in row counts that give
 every row the same bits however many rows come with it.
 
-oneDNN picks its kernel by the number of rows, and a row's bf16 result changes with the kernel (above 32 to 43
-rows on SmolLM2's shapes, above 21 on a 264x32 head; bench/lean_products.py). So a decode step's products take at
-most ROWS rows at a time, each n-row input padded with zero rows to the smallest count (n itself where it can)
-proven to give every row what a ROWS-row product gives it (exact_counts, probed once per shape); prefills take
-larger products of proven sizes.
+oneDNN picks its kernel by the number of rows, and a row's bf16 result changes with the kernel (where:
+BENCHMARKS.md). So a decode step's products take at most ROWS rows at a time, each n-row input padded with zero
+rows to the smallest count (n itself where it can) proven to give every row what a ROWS-row product gives it
+(exact_counts, probed once per shape); prefills take larger products of proven sizes. Where oneDNN cannot prepack
+bf16 weights (CPUs without AVX-512), products run through F.linear, probed the same way.
 """
 
 from __future__ import annotations
@@ -18,35 +18,30 @@ import torch.nn.functional as F
 
 ROWS = 32  # most rows per base-weight product of a decode step (and of the head); fewer where exact_counts allows
 # Rows in every base-weight product of a prefill. A prompt's rows meet the same kernel alone or packed, and never
-# need to match a decode step's, so prefills can take larger products: here a pass over the weights costs 27.4 /
-# 29.2 / 37.1 ms at 32 / 64 / 128 rows. Prefilling 32 packed prompts (359 tokens) took 0.84x the time of 32-row
-# products at 64 rows and 0.75x at 128; one 11-token prompt 1.11x and 1.31x. 64 keeps a lone request's first token
-# nearly as fast.
+# need to match a decode step's, so prefills can take larger products, which cost less per row; 64 keeps a lone
+# request's first token nearly as fast as 32 (BENCHMARKS.md).
 PREFILL_ROWS = 64
 # Most rows in one prefill product, where the counts PREFILL_ROWS, PREFILL_ROWS + 16, ..., PREFILL_MAX (and 40,
-# 48, 56 below it) give a PREFILL_ROWS-row product's rows (exact_counts keeps those that do; on SmolLM2's shapes
-# every count from 37 to 255 shared one kernel on an Intel host with AMX, every count to 1024 on an AMD EPYC
-# without): 32 packed prompts (359 tokens) then take two products per weight instead of six. Steps of 16 (8 below
-# 64) keep the kernels oneDNN creates and keeps (one per row count and shape, ~0.5-1 MB each) to 12. The counts
-# below 64 serve a step that carries running rows into a prefill (LeanLlama.joins): ~24 running rows and a
-# ~12-token prompt took 40 rows instead of 64, 1000 against 859 tokens/s in bench/lean_ab.py --joining. 512 (one
-# product for those 359 tokens, 29 kernels) made that prefill 0.945x as long (bench/lean_ab.py --rows 32
-# --prefills 12: 106 against 112 ms, under 1% of a 32-request round) for ~70 MB more memory, so the limit stayed.
+# 48, 56 below it) give a PREFILL_ROWS-row product's rows (exact_counts keeps those that do). Steps of 16 (8 below
+# 64) bound the kernels oneDNN creates and keeps, one per row count and shape, to 12. The counts below 64 serve a
+# step whose running rows take their decode step in a prefill (LeanLlama.decode_in_prefill). A larger limit saved
+# under 1% of a 32-request round for more memory (BENCHMARKS.md).
 PREFILL_MAX = 192
+
 
 class Packed:
     """y = x·Wᵀ in bf16 with W prepacked for oneDNN (plain F.linear without it), in products of allowed sizes."""
 
     def __init__(self, weight: torch.Tensor):
         w = weight.detach().to(torch.bfloat16).contiguous()
-        self.onednn = torch.backends.mkldnn.is_available()
+        self.onednn = _onednn_bf16()
         self.weight = torch.ops.mkldnn._reorder_linear_weight(w, ROWS) if self.onednn else w
         self.out_features, self.in_features = w.shape
         self.sizes: dict[int, tuple[int, ...]] = {}
         """Product size (ROWS, PREFILL_ROWS) -> the row counts a product may take instead, ascending, the size
         itself included: LeanLlama sets those of 1, ..., ROWS and of PREFILL_ROWS, PREFILL_ROWS + 16, ...,
         PREFILL_MAX that exact_counts proved equivalent (both the union of the two where the sizes themselves are
-        equivalent: LeanLlama.joins). Absent: exactly that size."""
+        equivalent: LeanLlama.decode_in_prefill). Absent: exactly that size."""
         self.pads: dict[int, list] = {}  # row count -> [zero-padded input buffer (count, in), rows in use]
 
     def _size(self, n: int, rows: int) -> int:
@@ -61,7 +56,7 @@ class Packed:
         i = bisect.bisect_left(sizes, n)
         return sizes[i] if i < len(sizes) else 0
 
-    def slot(self, n: int, rows: int = ROWS) -> torch.Tensor | None:
+    def padded_input(self, n: int, rows: int = ROWS) -> torch.Tensor | None:
         """Where to write an n-row input so that __call__ multiplies it without copying: the first n rows of a
         persistent buffer whose other rows are zero (None when n rows need no padding or one product cannot take
         them). Saves the allocation, zero fill and concatenation of padding on each product that pads."""
@@ -89,7 +84,7 @@ class Packed:
             return torch.cat([self(x[i : i + most], rows) for i in range(0, n, most)])
         buf = self.pads.get(size)
         if buf is None or buf[1] != n or x.data_ptr() != buf[0].data_ptr():
-            self.slot(n, rows).copy_(x)
+            self.padded_input(n, rows).copy_(x)
         return self.product(self.pads[size][0])[:n]
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,24 +95,35 @@ class Packed:
 
 
 @functools.cache
+def _onednn_bf16() -> bool:
+    """Whether oneDNN multiplies bf16 weights on this CPU (it needs AVX512-BW/VL/DQ or AVX-NE-CONVERT)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=torch.bfloat16), ROWS)
+    except RuntimeError:
+        return False
+    return True
+
+
+@functools.cache
 def exact_counts(out_features: int, in_features: int, threads: int, rows: int, counts: tuple[int, ...]
                  ) -> tuple[int, ...]:
     """Those of `counts` for which, for a prepacked (out, in) bf16 weight on this machine, a product of m rows gives
     each row bit for bit what a `rows`-row product gives it (none when the `rows`-row product's own rows differ).
     A product may then take m rows instead of `rows`: for m < ROWS = rows, a decode step's products need no
-    padding (at 8 rows on SmolLM2: 19.0 against 22.6 ms for the 121 products); for m from ROWS + 8 to
-    PREFILL_MAX, a prefill takes fewer, larger (or, from 40 to 56 rows, smaller) products.
+    padding; for m from ROWS + 8 to PREFILL_MAX, a prefill takes fewer, larger (or, from 40 to 56 rows, smaller)
+    products.
 
     oneDNN picks its kernel by shape, row count and threads, never by the values, so one probe per shape decides.
-    Random data would be a weak probe: a kernel that sums in another order changes only ~1e-4 of bf16 outputs
-    (64- against 32-row products on SmolLM2). So the probe weight is built so that every output cancels: each
-    row's last column offsets the sum of the others, leaving |y| ~1000x below its terms, where fp32 rounding in
-    another order changes ~5% of the bf16 outputs (64 against 32 rows: 4-6% on all five SmolLM2 shapes). Every
-    row of the probe is the same vector, so a row's result must not depend on its position either."""
+    Random data would be a weak probe: a kernel that sums in another order changes very few bf16 outputs of it. So
+    the probe weight is built so that every output cancels: each row's last column offsets the sum of the others,
+    leaving |y| far below its terms, where fp32 rounding in another order changes many bf16 outputs. Every row of
+    the probe is the same vector, so a row's result must not depend on its position either."""
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(in_features, generator=g) * 16).to(torch.bfloat16)
     w = (torch.randn(out_features, in_features, generator=g) * 16).to(torch.bfloat16)
-    for i in range(0, out_features, 4096):  # in slices: the head's weight alone is 57 MB in bf16
+    for i in range(0, out_features, 4096):  # in slices: no fp32 copy of a whole (head-sized) weight
         part = w[i : i + 4096]
         part[:, -1] = (-(part[:, :-1].float() @ x[:-1].float()) / x[-1].float()).to(torch.bfloat16)
     probe = Packed(w)

@@ -1,4 +1,4 @@
-"""RoPE's cos and sin tables for the lean forward (llama.py), in the form kernel.rope_cache takes them."""
+"""RoPE's cos and sin tables for the lean forward (llama.py), in the form kernels.rope_cache takes them."""
 
 from __future__ import annotations
 
@@ -17,15 +17,13 @@ class RopeTable:
 
     def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The (cos, signed sin) tables, (positions, D) bf16, grown to cover `positions`; signed sin has its first
-        half negated, as kernel.rope_cache takes it.
+        half negated, as kernels.rope_cache takes it.
 
-        The model's rotary embedding computes these in fp32 on every call. On SmolLM2 in fresh processes, a
-        process's first lean forward now and then (3 to 4 of 10 processes) got a cos table from fp32 that
-        differed in one bf16 step from a second forward's built later in the same process; what in the process's
-        state made fp32 cos differ was not found (not MKL's reproducibility mode, not flush-to-zero; in a loop
-        the same call is always the same). Computed in float64 and rounded to bf16, 20 of 20 processes agreed
-        (tests/serve/test_lean_smollm2.py). A block's values do not depend on how many blocks the table has, so a
-        position's cos and sin never change while a forward lives. Within an ulp of the model's own values."""
+        Computed in float64 and rounded to bf16, within an ulp of the model's own values: the model's rotary
+        embedding computes them in fp32 on every call, and fp32 tables were seen to differ by one bf16 step
+        between a process's first forward and later ones (tests/serve/test_lean_smollm2.py checks fresh
+        processes). A block's values do not depend on how many blocks the table has, so a position's cos and sin
+        never change while a forward lives."""
         top = int(positions.max()) + 1
         if top > self.cos.shape[0]:
             inv_freq = self.rotary.inv_freq.double()
@@ -43,6 +41,6 @@ class RopeTable:
 
 def _signed(sin: torch.Tensor) -> torch.Tensor:
     """sin with its first half negated: rotate_half(x)·sin is then roll(x, D/2)·signed_sin, as (-a)·b = a·(-b)
-    exactly (kernel.rope_cache)."""
+    exactly (kernels.rope_cache)."""
     half = sin.shape[-1] // 2
     return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lorakit.core import kernel
 from lorakit.core.errors import ConfigError
+from lorakit.serve import kernels
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,9 @@ def choose_tokens(
 
     Each sampled row uses only its own generator, so its draw does not depend on what else is in the batch.
     """
-    # The first maximum, as argmax gives it (torch.max: twice as fast as argmax over a 49k vocabulary here;
-    # lorakit's kernel reads bf16 logits without widening them first).
-    out = kernel.argmax(logits)
+    # The first maximum, as argmax gives it (torch.max is faster than argmax over a large vocabulary; lorakit's
+    # kernel reads bf16 logits without widening them first).
+    out = kernels.argmax(logits)
     if out is None:
         out = logits.max(dim=-1).indices
     for i, p in enumerate(params):

@@ -1,14 +1,8 @@
-/* lorakit's CPU kernels, built and loaded by kernel.py.
+/* The lean serving forward's CPU kernels (serve/llama.py), built and loaded by serve/kernels.py.
  *
- * lk_merge: W += sign * s * left @ right for many weights in one parallel pass (lorakit's in-place merge). Each
- * row of W is read once, gets its rank-r update added and is written back; the r rows of `right` under the
- * current block stay in L1. One OpenMP region covers every row of every weight, split evenly over the threads.
- * Per element: acc = sum over k = 0..r-1 of left[i,k] * right[k,j] (in that order), then w += s * acc.
- *
- * For the lean serving forward (lorakit/serve/llama.py), each on bf16 rows and each computing every row on its own
- * in a fixed order, so that a row's bits never depend on the batch: lk_lora_rows (each row's own adapter),
- * lk_rms_norm, lk_rope_cache (RoPE and the KV-cache writes) and lk_decode_attention. lk_argmax: the greedy choice
- * over bf16 or fp32 logits, for both serving forwards. */
+ * Each works on bf16 rows and computes every row on its own in a fixed order, so that a row's bits never depend
+ * on the batch: lk_lora_rows (each row's own adapter), lk_rms_norm, lk_rope_cache (RoPE and the KV-cache writes)
+ * and lk_decode_attention. lk_argmax: the greedy choice over bf16 or fp32 logits, for both serving forwards. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -18,61 +12,11 @@
 #include <immintrin.h>
 #endif
 
-typedef struct {
-    float *w;            /* rows x cols, row stride ldw, unit column stride */
-    const float *left;   /* rows x rank, strides (ls0, ls1) */
-    const float *right;  /* rank x cols, row stride ldr, unit column stride */
-    int64_t rows, cols, rank, ldw, ls0, ls1, ldr;
-    float scale;
-} lk_part;
-
-/* 96 floats = six AVX-512 registers of accumulators: on SmolLM2's q,v weights 4.3 ms against 5.2 for 64 and 6.3
- * for 192 (one pass over the 53 MB takes 3.4). The tail goes 16 at a time, then one at a time, same order. */
-#define BLOCK 96
-#define TAIL 16
-
-/* w[j .. j+width) += s * acc, acc = the update of those columns; width is a constant at each call, so each copy
- * keeps its accumulators in registers. */
-static inline __attribute__((always_inline)) void add_columns(const lk_part *p, const float *l, float *w, int64_t j,
-                                                              const int width, const float s) {
-    float acc[BLOCK] = {0};
-    for (int64_t k = 0; k < p->rank; ++k) {
-        const float c = l[k * p->ls1];
-        const float *r = p->right + k * p->ldr + j;
-        for (int t = 0; t < width; ++t) acc[t] += c * r[t];
-    }
-    for (int t = 0; t < width; ++t) w[j + t] += s * acc[t];
-}
-
-static void update_row(const lk_part *p, int64_t i, float sign) {
-    float *w = p->w + i * p->ldw;
-    const float *l = p->left + i * p->ls0;
-    const float s = sign * p->scale;
-    int64_t j = 0;
-    for (; j + BLOCK <= p->cols; j += BLOCK) add_columns(p, l, w, j, BLOCK, s);
-    for (; j + TAIL <= p->cols; j += TAIL) add_columns(p, l, w, j, TAIL, s);
-    for (; j < p->cols; ++j) add_columns(p, l, w, j, 1, s);
-}
-
-void lk_merge(const lk_part *parts, int64_t n, float sign, int threads) {
-    int64_t total = 0;
-    for (int64_t m = 0; m < n; ++m) total += parts[m].rows;
-    #pragma omp parallel num_threads(threads)
-    {
-        int64_t m = 0, start = 0;  /* the part holding global row g, and its first global row */
-        #pragma omp for schedule(static)
-        for (int64_t g = 0; g < total; ++g) {
-            while (g >= start + parts[m].rows) start += parts[m++].rows;
-            update_row(&parts[m], g - start, sign);
-        }
-    }
-}
-
 /* ---- LoRA on bf16 rows, for the lean serving forward (lorakit/serve/llama.py) ----
  *
- * For each of n rows i (row rows[i] of x and y, or row i when rows is NULL), with its adapter slot[i]:
- *   t = x_i · A_slotᵀ                      (R values; a holds each adapter's Aᵀ: (adapters, in, R))
- *   y_i[c] = bf16(y_i[c] + Σ_k t[k]·B_slot[k, c])   for c in each target's span, k over that target's ranks
+ * For each of n rows i (row rows[i] of x and y, or row i when rows is NULL), with its adapter j = adapter[i]:
+ *   t = x_i · A_jᵀ                      (R values; a holds each adapter's Aᵀ: (adapters, in, R))
+ *   y_i[c] = bf16(y_i[c] + Σ_k t[k]·B_j[k, c])   for c in each target's span, k over that target's ranks
  * (b holds each adapter's s·Bᵀ over the whole fused output: (adapters, R, width)); the tables are bf16, as the
  * bf16 model holds its factors, widened as they are read. Sums run in fp32 in a fixed order that depends on
  * nothing but the row's own values: a row gets the same bits alone or in any batch. */
@@ -88,9 +32,11 @@ static inline uint16_t float_to_bf16(float f) {  /* round to nearest even, as to
     return (uint16_t)((c.u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);  /* a select, so loops vectorize */
 }
 
-#define MAX_RANK 1024  /* kernel.py's MAX_RANK, MAX_WIDTH and MAX_HEAD: the lean forward checks them up front */
+#define MAX_RANK 1024  /* kernels.py's MAX_RANK, MAX_WIDTH and MAX_HEAD: the lean forward checks them up front */
 #define MAX_IN 32768
 #define MAX_HEAD 1024
+#define BLOCK 96  /* output columns per pass of add_update, their sums in registers; then TAIL at a time, then one */
+#define TAIL 16
 
 /* t[0 .. count) = sum over j in 0..in-1 (in order) of x[j] * a[j*R + 0 .. count): count is a constant at the
  * main call, so the sums stay in registers. */
@@ -124,11 +70,11 @@ static inline __attribute__((always_inline)) void add_update(const float *t, con
 
 int lk_lora_rows(const uint16_t *x, int64_t ldx, uint16_t *y, int64_t ldy, int64_t ny, int64_t adapters,
                  int64_t n, const int64_t *rows,
-                 const int64_t *slot, const uint16_t *a, int64_t in, int64_t R, const uint16_t *b, int64_t width,
+                 const int64_t *adapter, const uint16_t *a, int64_t in, int64_t R, const uint16_t *b, int64_t width,
                  const lk_target *targets, int64_t ntargets, int threads) {
     if (R > MAX_RANK || in > MAX_IN) return -1;
     for (int64_t i = 0; i < n; ++i)  /* every index is checked before anything is written */
-        if (slot[i] < 0 || slot[i] >= adapters || (rows ? rows[i] < 0 || rows[i] >= ny : i >= ny)) return -2;
+        if (adapter[i] < 0 || adapter[i] >= adapters || (rows ? rows[i] < 0 || rows[i] >= ny : i >= ny)) return -2;
     for (int64_t g = 0; g < ntargets; ++g)
         if (targets[g].r0 < 0 || targets[g].r0 + targets[g].rank > R || targets[g].lo < 0 || targets[g].hi > width)
             return -2;
@@ -137,8 +83,8 @@ int lk_lora_rows(const uint16_t *x, int64_t ldx, uint16_t *y, int64_t ldy, int64
         const int64_t row = rows ? rows[i] : i;
         const uint16_t *xi = x + row * ldx;
         uint16_t *yi = y + row * ldy;
-        const uint16_t *ai = a + slot[i] * in * R;
-        const uint16_t *bi = b + slot[i] * R * width;
+        const uint16_t *ai = a + adapter[i] * in * R;
+        const uint16_t *bi = b + adapter[i] * R * width;
         float xf[MAX_IN], t[MAX_RANK];
         for (int64_t j = 0; j < in; ++j) xf[j] = bf16_to_float(xi[j]);
         for (int64_t k0 = 0; k0 < R; k0 += RANKS) {  /* t[k0 .. k0+RANKS) in registers, summed over j in order */
@@ -245,8 +191,7 @@ int lk_rope_cache(uint16_t *qkv, int64_t ld, int64_t n, int64_t nq, int64_t nkv,
  * a loop of these vectorizes where one of expf does not (libm's vector expf needs -ffast-math, which would
  * reorder the fixed-order sums): Cephes' expf, exp(r)·2^n with n = round(x·log2 e) by the 1.5·2^23 trick
  * (floorf does not vectorize either) and r = x - n·ln 2 in two parts. Below -87 it returns exp(-87) ~ 1.6e-38
- * instead of a smaller number or 0, a difference under 1e-37 in a sum of at least 1. NaN stays NaN. The
- * attention kernel took 0.87x the time with it (32 rows of 9 heads over 60 keys). */
+ * instead of a smaller number or 0, a difference under 1e-37 in a sum of at least 1. NaN stays NaN. */
 static inline float exp_neg(float x) {
     x = x < -87.f ? -87.f : x;
     const float n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
@@ -266,9 +211,8 @@ static inline float exp_neg(float x) {
 
 /* q·k for one key, in a fixed order. Where the CPU has AVX512-BF16 (and -march=native enables it), VDPBF16PS
  * multiplies the bf16 pairs exactly and sums them into 16 fp32 lanes (round to nearest; denormals flushed to
- * zero), then the lanes are added in _mm512_reduce_add_ps's fixed tree: the kernel took 0.76x the time at 32
- * rows x 60 keys, as it skips widening each key to fp32 first. Elsewhere the widened q (qf) against each key
- * widened 16 lanes at a time. */
+ * zero), then the lanes are added in _mm512_reduce_add_ps's fixed tree: faster, as it skips widening each key
+ * to fp32 first. Elsewhere the widened q (qf) against each key widened 16 lanes at a time. */
 static inline float dot_bf16(const uint16_t *q, const float *qf, const uint16_t *kt, int64_t hd) {
 #ifdef LK_DPBF16
     (void)qf;  /* not filled here: the caller widens q only for the other path */
@@ -330,7 +274,7 @@ int lk_decode_attention(const uint16_t *q, int64_t ldq, const uint16_t *keys, co
             float total = 0.f;
             for (int64_t t = 0; t < count; ++t) total += scores[t];
 #ifdef LK_DPBF16
-            if (hd == 64) {  /* the same sums lane by lane, kept in registers: 0.72x the time (32 rows x 512 keys) */
+            if (hd == 64) {  /* the same sums lane by lane, kept in registers */
                 __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
                 for (int64_t t = 0; t < count; ++t) {
                     const __m512 p = _mm512_set1_ps(scores[t]);
@@ -361,14 +305,13 @@ int lk_decode_attention(const uint16_t *q, int64_t ldq, const uint16_t *keys, co
     return failed ? -3 : 0;
 }
 
-/* ---- Greedy choice, for the serving engines ----
+/* ---- Greedy choice, for both serving forwards ----
  *
  * out[i] = the index of the first maximum of row i of x (n rows of v values, row stride ld; bf16 when is_bf16,
  * else fp32), as torch.max(dim=-1) picks it; a row holding NaN gives its first NaN, as torch.max does. A maximum
  * is exact in any order, so one pass takes the largest value (vectorized) and a second finds where it first is.
- * Both this and torch.max are bound by memory here (32 rows of SmolLM2's 49152 logits, cold: 338 µs in bf16, 414
- * in fp32, torch.max 448 in fp32); the gain is reading a bf16 head's output as it is instead of first widening it
- * to fp32 (240 µs) and reading twice the bytes: in a 32-row decode step 0.50 against 1.41 ms. */
+ * Both this and torch.max are bound by memory; the gain is reading a bf16 head's output as it is instead of first
+ * widening it to fp32 and reading twice the bytes. */
 /* Explicit vectors (GCC/clang vector extensions; plain loops with a ternary maximum or an early exit did not
  * vectorize). Three passes per row: the largest value (NaN compares false, so it is the largest of the others;
  * a maximum does not depend on the order), the first j holding it or a NaN, and when that is the maximum,

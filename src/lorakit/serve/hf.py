@@ -1,0 +1,119 @@
+"""The transformers forward under the engine: any architecture, any dtype, any device.
+
+Running rows share one right-aligned KV cache (kv.BatchCache) and one forward pass, each row with its own adapter
+(lorakit.adapter_rows). A row's result depends slightly on the rest of the batch (the shared cache changes its
+attention's reductions): in fp32 too little to change a greedy token in practice, in bf16 enough to, which is why
+bf16 Llama models on the CPU take the lean forward (llama.LeanBackend).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+import lorakit
+from lorakit.core.state import ATTR
+from lorakit.serve.backend import Row
+from lorakit.serve.kv import BatchCache
+
+
+class TransformersBackend:
+    """The engine's Backend over the model's own forward; rows in the cache in the order they were prefilled."""
+
+    name = "transformers"
+    decode_in_prefill = False
+
+    def __init__(self, model: nn.Module, pad_id: int, merged: bool):
+        """merged: the served adapter is merged into the weights (`lorakit serve --merge`): plain forwards."""
+        self.model = model
+        self.pad_id = pad_id
+        self.merged = merged
+        self.device = next(model.parameters()).device
+        self.batch = BatchCache()
+        self.rows: list[Row] = []
+        """The held rows, in the cache's order."""
+
+    def check(self, key: str) -> None:
+        """Every adapter lorakit loads applies here."""
+
+    def prefill(self, rows: Sequence[Row]) -> torch.Tensor:
+        """Left-pads the prompts to the longest and prefills them in one pass; their caches join the batch's."""
+        lengths = [len(r.prompt) for r in rows]
+        longest = max(lengths)
+        ids = torch.tensor([[self.pad_id] * (longest - len(r.prompt)) + r.prompt for r in rows], device=self.device)
+        mask, positions = prefill_mask(lengths, longest, self.device, self._mask_dtype())
+        cache = DynamicCache()
+        logits = self._forward(rows, ids, mask, positions, cache)
+        self.batch.add(cache, lengths)
+        self.rows.extend(rows)
+        return logits
+
+    def decode(self, rows: Sequence[Row]) -> torch.Tensor:
+        self._arrange(rows)
+        ids = torch.tensor([[r.output[-1]] for r in rows], device=self.device)
+        mask = self.batch.step_mask()
+        positions = torch.tensor([[len(r.prompt) + len(r.output) - 1] for r in rows], device=self.device)
+        logits = self._forward(rows, ids, mask, positions, self.batch.cache)
+        self.batch.advance(mask)
+        return logits
+
+    def release(self, rows: Sequence[Row]) -> None:
+        gone = {id(r) for r in rows}
+        if gone:
+            self._arrange([r for r in self.rows if id(r) not in gone])
+
+    def reset(self) -> None:
+        self.batch = BatchCache()
+        self.rows = []
+
+    def _arrange(self, rows: Sequence[Row]) -> None:
+        """Make the cache hold these rows, in this order (one copy of the cache, none when it already does)."""
+        if len(rows) == len(self.rows) and all(map(operator.is_, rows, self.rows)):
+            return
+        index = {id(r): i for i, r in enumerate(self.rows)}
+        self.batch.keep([index[id(r)] for r in rows])
+        self.rows = list(rows)
+
+    def _mask_dtype(self) -> torch.dtype | None:
+        """None: a boolean mask (sdpa); else the dtype of an additive mask (eager attention adds it)."""
+        impl = getattr(self.model.config, "_attn_implementation", "sdpa")
+        return None if impl == "sdpa" else next(self.model.parameters()).dtype
+
+    def _forward(self, rows: Sequence[Row], ids: torch.Tensor, mask: torch.Tensor | None,
+                 positions: torch.Tensor | None, cache: DynamicCache) -> torch.Tensor:
+        """(B, vocab) next-token logits; one pass serves every row's adapter.
+
+        Only the forward runs in inference mode: adapters loaded in it would be inference tensors, which the
+        core's change detection (tensor version counters) cannot read.
+        """
+        kwargs = dict(attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+        state = getattr(self.model, ATTR, None)
+        if self.merged or state is None or not state.names:
+            with torch.inference_mode():
+                return self.model(ids, **kwargs).logits[:, -1]
+        # The pool replaces tensors on (re)load and nothing edits them in place: skip the per-step weight scan.
+        with lorakit.adapter_rows(self.model, [r.key for r in rows], check_weights=False), torch.inference_mode():
+            return self.model(ids, **kwargs).logits[:, -1]
+
+
+def prefill_mask(lengths: list[int], longest: int, device: torch.device, dtype: torch.dtype | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 1, L, L) attention mask and (n, L) positions for left-padded prompts prefilled together.
+
+    Real tokens attend causally to their own prompt only. A padding position attends to itself alone, so no
+    softmax row is empty (an all-masked row gives NaN, which would reach the cache); its keys and values are
+    finite and every later query masks them out.
+    """
+    pad = torch.tensor([longest - n for n in lengths], device=device)[:, None, None]
+    q = torch.arange(longest, device=device)[:, None]
+    k = torch.arange(longest, device=device)[None, :]
+    allowed = ((k <= q) & (k >= pad)) | (k == q)  # (n, L, L)
+    positions = (torch.arange(longest, device=device)[None, :] - pad[:, :, 0]).clamp(min=0)
+    if dtype is None:
+        return allowed[:, None], positions
+    zero = torch.zeros((), dtype=dtype, device=device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)[:, None], positions
