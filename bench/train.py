@@ -1,6 +1,12 @@
 """Training-step throughput and peak memory: lorakit LoRA vs PEFT LoRA vs full fine-tuning, fp32 and bf16 autocast.
 
     python bench/train.py [--repeats 3] [--steps 1] [--random]
+    python bench/train.py --e2e ../shared/data/e2e [--config configs/e2e-smollm2-lora.yaml] [--batches 24]
+
+--e2e: real E2E batches as the recipe trains them (its config's model, LoRA, batch size, max_length, precision),
+padded vs packed (train.batching): two copies of the prepared model train on the same batches in turns, one step
+each; prints real (non-padding) tokens/s of each, the positions computed, and both runs' losses (they agree up to
+rounding and dropout masks, which are drawn per position).
 
 Configurations: {lorakit, peft, full} x {fp32, bf16 autocast}, plus lorakit-bf16w: bf16 autocast with the frozen
 Linear weights stored in bf16 (TrainConfig.frozen_bf16).
@@ -162,13 +168,80 @@ def memory_child(name: str, steps: int, random_weights: bool) -> dict[str, float
     return {"peak_rss_mib": round(peak, 1), "step_mib": round(peak - before, 1), "measured_by": how}
 
 
+def e2e_batching(data: str, config_path: str, batches: int) -> dict:
+    """Padded vs packed steps on real E2E batches of the recipe (see the module docstring)."""
+    import copy
+
+    from lorakit.data import model_inputs
+    from lorakit.methods import METHODS
+    from lorakit.models import load
+    from lorakit.tasks import read_split, task_for
+    from lorakit.train.batches import BatchOrder, micro_batches, token_count
+    from lorakit.train.config import load_config
+    from lorakit.train.loop import _autocast, cross_entropy_sum, scored_positions_only
+
+    config = load_config(config_path, {"data.train": data})
+    task = task_for(config.data)
+    model, tokenizer = load(config.model.name, kind=task.kind)
+    METHODS[config.method].prepare(model, config.lora, config.method_options)
+    train = config.train
+    examples = task.tokenize(read_split(config.data, "train"), tokenizer, config.data.max_length)
+    order = BatchOrder(len(examples), train.batch_size, train.seed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    autocast = _autocast(train.precision, torch.device("cpu"))
+    if train.frozen_bf16 and train.precision != "fp32":
+        from lorakit.train.precision import frozen_linears_to
+
+        frozen_linears_to(model, torch.bfloat16)
+    runs = {}
+    for packed in (False, True):
+        copy_ = copy.deepcopy(model).train()
+        optimizer = torch.optim.AdamW([p for p in copy_.parameters() if p.requires_grad], lr=train.lr)
+        runs["packed" if packed else "padded"] = {"model": copy_, "optimizer": optimizer, "packed": packed,
+                                                 "seconds": 0.0, "tokens": 0, "positions": 0, "losses": []}
+    for step in range(batches + 1):  # step 0 warms up and is not timed
+        for run in runs.values():
+            torch.manual_seed(step)
+            batch = micro_batches(examples, order.indices(step), 0, 1, 1, pad, run["packed"])[0]
+            labels_total = int((batch["labels"][:, 1:] != -100).sum())
+            start = time.perf_counter()
+            with autocast(), scored_positions_only(run["model"], batch["labels"]) as labels:
+                loss = cross_entropy_sum(run["model"](**model_inputs(batch)).logits, labels, train.label_smoothing)
+            (loss / labels_total).backward()
+            run["optimizer"].step()
+            run["optimizer"].zero_grad(set_to_none=True)
+            if step:
+                run["seconds"] += time.perf_counter() - start
+                run["tokens"] += token_count(batch)
+                run["positions"] += batch["input_ids"].numel()
+                run["losses"].append(round(loss.item() / labels_total, 4))
+    out = {"workload": {"config": config_path, "model": config.model.name, "method": config.method,
+                        "batch_size": train.batch_size, "max_length": config.data.max_length,
+                        "precision": train.precision, "frozen_bf16": train.frozen_bf16, "timed_batches": batches,
+                        "threads": torch.get_num_threads(), "torch": torch.__version__}}
+    for name, run in runs.items():
+        out[name] = {"real_tokens_per_s": round(run["tokens"] / run["seconds"], 1), "real_tokens": run["tokens"],
+                     "positions": run["positions"], "seconds": round(run["seconds"], 2), "losses": run["losses"]}
+    out["packed_over_padded_real_tokens_per_s (goal >= 1.3)"] = round(
+        out["packed"]["real_tokens_per_s"] / out["padded"]["real_tokens_per_s"], 3)
+    pairs = zip(out["padded"]["losses"], out["packed"]["losses"], strict=True)
+    out["largest_loss_difference"] = round(max(abs(a - b) for a, b in pairs), 5)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=1, help="timed steps per repeat (and per memory child)")
     parser.add_argument("--random", action="store_true", help="random weights of SmolLM2's shape")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--e2e", metavar="DIR", help="E2E data directory: time padded vs packed real batches")
+    parser.add_argument("--config", default="configs/e2e-smollm2-lora.yaml", help="the recipe for --e2e")
+    parser.add_argument("--batches", type=int, default=24, help="timed batches per run for --e2e")
     args = parser.parse_args()
+    if args.e2e:
+        print(json.dumps(e2e_batching(args.e2e, args.config, args.batches), indent=2))
+        return
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child, args.steps, args.random)))
         return

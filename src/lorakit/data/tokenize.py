@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -157,12 +157,41 @@ def collate(
     return batch
 
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+def collate_packed(examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+    """A batch of token-labelled examples as one row without padding: input_ids, labels and position_ids are
+    (1, total tokens), positions restart at 0 for each example and there is no attention_mask.
+
+    transformers reads restarting positions without an attention mask as packed sequences and masks attention
+    block-diagonally, so each example attends only to itself and the row computes what the padded batch computes,
+    minus the padding. Each example's first label is IGNORE_INDEX: it would otherwise be scored from the previous
+    example's last token (a padded batch never scores a row's first token either).
+    """
+    if not examples:
+        raise DataError("cannot collate an empty batch; give at least one example.")
+    if any(len(e.labels) != len(e.input_ids) for e in examples):
+        raise DataError("packing needs one label per token (generation examples); classification examples are "
+                        "collated padded: set train.batching to padded.")
+    ids, labels, positions = [], [], []
+    for e in examples:
+        ids += e.input_ids
+        labels += [IGNORE_INDEX] + e.labels[1:]
+        positions += range(len(e.input_ids))
+    return {"input_ids": torch.tensor([ids], dtype=torch.long), "labels": torch.tensor([labels], dtype=torch.long),
+            "position_ids": torch.tensor([positions], dtype=torch.long)}
 
 
-def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
-    """The tensors of a collated batch that the model's forward takes (not the labels), optionally moved."""
-    return {k: batch[k] if device is None else batch[k].to(device) for k in MODEL_INPUTS if k in batch}
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
+def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str | None = None) -> dict[str, Any]:
+    """The tensors of a collated batch that the model's forward takes (not the labels), optionally moved. A packed
+    batch also gets use_cache=False: transformers reads restarting positions as packed sequences only when it builds
+    no KV cache."""
+    inputs: dict[str, Any] = {k: batch[k] if device is None else batch[k].to(device)
+                              for k in MODEL_INPUTS if k in batch}
+    if "position_ids" in batch and "attention_mask" not in batch:
+        inputs["use_cache"] = False
+    return inputs
 
 
 def _check_max_length(max_length: int, minimum: int) -> None:

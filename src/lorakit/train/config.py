@@ -69,6 +69,10 @@ class TrainConfig(Schema):
     """Dev metric that picks the best checkpoint (saved to run_dir/best); names ending in 'loss' are minimized."""
     eval_batch_size: int = Field(16, ge=1)
     """Examples per batch when computing dev loss and task metrics."""
+    batching: Literal["auto", "padded", "packed"] = "auto"
+    """How a batch's examples become tensors: padded to the longest, or packed into one row with no padding
+    (generation data; the same loss, fewer positions computed); auto packs where the model keeps packed examples
+    apart (checked on two examples before training)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.core.errors import ConfigError, LoraError
-from lorakit.data import IGNORE_INDEX, Example, collate, model_inputs
+from lorakit.data import IGNORE_INDEX, Example, model_inputs
 from lorakit.methods.export import Export, default_export
 from lorakit.tasks.base import Evaluate
 from lorakit.train import checkpoint, distributed
-from lorakit.train.batches import BatchOrder, micro_batches, step_seed
+from lorakit.train.batches import BatchOrder, batcher, micro_batches, step_seed, token_count, use_packing
 from lorakit.train.config import TrainConfig
 from lorakit.train.logging import RunLog
 from lorakit.train.precision import frozen_linears_to
@@ -100,6 +100,7 @@ def fit(
     log = RunLog(run if where.is_main else None, config.steps, step, progress and where.is_main)
     train_model = distributed.wrap(model, where)
     autocast = _autocast(config.precision, where.device)
+    packed = use_packing(model, train_examples, config.batching)
     if config.frozen_bf16:
         if not uses_bf16(config.precision, where.device):
             raise ConfigError("frozen_bf16 needs bf16 autocast, which this device does not do natively; set "
@@ -120,7 +121,7 @@ def fit(
         distributed.barrier(where)
 
     def dev_evaluation() -> None:
-        metrics = _dev_metrics(model, dev_examples, config, where, pad_id, autocast, evaluate)
+        metrics = _dev_metrics(model, dev_examples, config, where, batcher(packed, pad_id), autocast, evaluate)
         record({"step": step, "split": "dev", **metrics})
         log.message(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         value = metrics.get(config.best_metric)
@@ -137,11 +138,11 @@ def fit(
                 tick = time.perf_counter()
                 torch.manual_seed(step_seed(config.seed, step, where.rank))
                 batches = micro_batches(train_examples, order.indices(step), where.rank, where.world,
-                                        config.grad_accum, pad_id)
+                                        config.grad_accum, pad_id, packed)
                 # Global label-token and input-token counts, known before backward so each micro-batch's loss
                 # sum can be scaled to the global mean.
                 mine = torch.tensor([sum(_label_count(b["labels"]) for b in batches),
-                                     sum(int(b["attention_mask"].sum()) for b in batches)], device=where.device)
+                                     sum(token_count(b) for b in batches)], device=where.device)
                 labels_total, tokens_total = distributed.sum_all(mine, where).tolist()
                 labels_total = max(labels_total, 1)  # a batch of fully masked examples adds no gradient
                 lr = lr_at(step, config.lr, config.warmup_steps, config.steps)
@@ -252,8 +253,9 @@ def _label_count(labels: torch.Tensor) -> int:
 
 
 def _dev_metrics(
-    model: nn.Module, examples: Sequence[Example], config: TrainConfig, where: distributed.Dist, pad_id: int,
-    autocast: Callable[[], Any], evaluate: Evaluate | None,
+    model: nn.Module, examples: Sequence[Example], config: TrainConfig, where: distributed.Dist,
+    collate: Callable[[Sequence[Example]], dict[str, torch.Tensor]], autocast: Callable[[], Any],
+    evaluate: Evaluate | None,
 ) -> dict[str, float]:
     """dev_loss (unsmoothed, per label token, over every process's share) plus the task hook's metrics."""
     model.eval()
@@ -261,7 +263,7 @@ def _dev_metrics(
     totals = torch.zeros(2, device=where.device)
     with torch.no_grad(), autocast():
         for start in range(0, len(mine), config.eval_batch_size):
-            batch = collate([examples[i] for i in mine[start: start + config.eval_batch_size]], pad_id)
+            batch = collate([examples[i] for i in mine[start: start + config.eval_batch_size]])
             batch = {k: t.to(where.device) for k, t in batch.items()}
             with scored_positions_only(model, batch["labels"]) as labels:
                 logits = model(**model_inputs(batch)).logits
