@@ -16,7 +16,7 @@ from torch import nn
 from lorakit.core import kernel
 from lorakit.core.config import LoraConfig
 from lorakit.core.errors import AdapterError, MergeError
-from lorakit.core.layers import MAGNITUDE, WHOLE, Part, apply_delta, put_adapter
+from lorakit.core.layers import MAGNITUDE, WHOLE_WEIGHT, DeltaBlock, apply_delta, put_adapter
 from lorakit.core.state import state_of, wrappers
 
 
@@ -117,7 +117,7 @@ def _scale_outputs(m: nn.Module, w2: torch.Tensor, factor: torch.Tensor, divide:
     w2.div_(f) if divide else w2.mul_(f)
 
 
-def _plan(model: nn.Module, name: str) -> list[tuple[str, nn.Module, torch.Tensor, list[Part], float]]:
+def _plan(model: nn.Module, name: str) -> list[tuple[str, nn.Module, torch.Tensor, list[DeltaBlock], float]]:
     """(path, layer, W's 2-D view, parts, scale) for each layer adapter `name` touches.
 
     Cached while no module or tensor storage is replaced (registry version and every data pointer match):
@@ -158,13 +158,13 @@ def _calls(model: nn.Module, name: str, todo: list) -> tuple[kernel.Fused | None
     return calls[key]
 
 
-def _prepare(layers: list[tuple[torch.Tensor, list[Part], float]]) -> tuple[kernel.Fused | None, list]:
+def _prepare(layers: list[tuple[torch.Tensor, list[DeltaBlock], float]]) -> tuple[kernel.Fused | None, list]:
     """For W += s·left @ right on every part of every (W, parts, s): one fused-kernel call for all the parts it
     takes (None if none), and [(W view, left, right, s)] for the rest, which go through apply_delta's addmm_."""
     fast, rest = [], []
     for w2, parts, scale in layers:
         for index, left, right in parts:
-            target = (w2 if index is WHOLE else w2[index], left, right, scale)
+            target = (w2 if index is WHOLE_WEIGHT else w2[index], left, right, scale)
             (fast if kernel.eligible(*target[:3]) else rest).append(target)
     run = kernel.fused(fast)
     return run, rest if run is not None else fast + rest
@@ -177,7 +177,7 @@ def _run(run: kernel.Fused | None, rest: list, sign: float, weights: list[torch.
             run(sign)
             torch.autograd.graph.increment_version(weights)  # the kernel wrote outside autograd's view
         for w, left, right, scale in rest:
-            apply_delta(w, [(WHOLE, left, right)], sign * scale)
+            apply_delta(w, [(WHOLE_WEIGHT, left, right)], sign * scale)
 
 
 def _storage_key(sources: list[tuple[dict, dict, dict]], name: str) -> tuple:

@@ -6,8 +6,8 @@ the very same object, and any number of named adapters.
 
 from lorakit.core.layers.common import (
     MAGNITUDE,
-    WHOLE,
-    Part,
+    WHOLE_WEIGHT,
+    DeltaBlock,
     active_name,
     apply_delta,
     put_adapter,
@@ -18,5 +18,5 @@ from lorakit.core.layers.embedding import LoraEmbedding
 from lorakit.core.layers.linear import LoraLinear
 from lorakit.core.layers.saved import SavedModule
 
-__all__ = ["MAGNITUDE", "WHOLE", "LoraConv2d", "LoraEmbedding", "LoraLinear", "Part", "SavedModule", "active_name",
-           "apply_delta", "put_adapter", "remove_adapter"]
+__all__ = ["MAGNITUDE", "WHOLE_WEIGHT", "DeltaBlock", "LoraConv2d", "LoraEmbedding", "LoraLinear", "SavedModule",
+           "active_name", "apply_delta", "put_adapter", "remove_adapter"]

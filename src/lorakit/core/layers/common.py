@@ -8,9 +8,10 @@ from torch import nn
 from lorakit.core.errors import AdapterError
 from lorakit.core.state import AdapterState
 
-# (index into the 2-D weight view, left, right): that part of W gets s·(left @ right). One merge formula for all.
-Part = tuple[tuple[slice, slice], torch.Tensor, torch.Tensor]
-WHOLE = (slice(None), slice(None))
+# A block of a weight and its low-rank update: (index into the 2-D weight view, left, right); that block of W gets
+# s·(left @ right). WHOLE_WEIGHT indexes all of W. One merge formula for all.
+DeltaBlock = tuple[tuple[slice, slice], torch.Tensor, torch.Tensor]
+WHOLE_WEIGHT = (slice(None), slice(None))
 # Mixed batches (LoraLinear._plan in linear.py): rows at least this long take the per-row path (their GEMMs
 # dominate, so FLOPs should be each row's own rank); shorter ones over few adapters multiply by all present
 # adapters at once.
@@ -24,12 +25,12 @@ MAGNITUDE = "lora_magnitude"
 
 
 
-def apply_delta(w2: torch.Tensor, parts: list[Part], scale: float) -> None:
+def apply_delta(w2: torch.Tensor, parts: list[DeltaBlock], scale: float) -> None:
     """w2[index] += scale·(left @ right) for each part, in place. The one merge formula."""
     for index, left, right in parts:
         if left.dtype != w2.dtype:
             left, right = left.to(w2.dtype), right.to(w2.dtype)
-        (w2 if index is WHOLE else w2[index]).addmm_(left, right, alpha=scale)
+        (w2 if index is WHOLE_WEIGHT else w2[index]).addmm_(left, right, alpha=scale)
 
 
 def init_slots(layer: nn.Module, state: AdapterState) -> None:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.core.errors import ConfigError
-from lorakit.core.layers.common import Part, forward_generic, init_slots, put_adapter, remove_adapter
+from lorakit.core.layers.common import DeltaBlock, forward_generic, init_slots, put_adapter, remove_adapter
 from lorakit.core.state import AdapterState, register_wrapper
 
 
@@ -43,7 +43,7 @@ class LoraConv2d(nn.Module):
         w = self.base_layer.weight.data
         return w.view(w.shape[0], -1)
 
-    def delta_parts(self, name: str) -> list[Part]:
+    def delta_parts(self, name: str) -> list[DeltaBlock]:
         a, b = self.lora_A[name], self.lora_B[name]
         return [((slice(None), slice(None)), b.flatten(1), a.flatten(1))]
 

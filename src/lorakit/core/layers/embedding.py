@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.core.errors import ConfigError
-from lorakit.core.layers.common import Part, forward_generic, init_slots, put_adapter, remove_adapter
+from lorakit.core.layers.common import DeltaBlock, forward_generic, init_slots, put_adapter, remove_adapter
 from lorakit.core.state import AdapterState, register_wrapper
 
 
@@ -37,7 +37,7 @@ class LoraEmbedding(nn.Module):
     def weight_2d(self) -> torch.Tensor:
         return self.base_layer.weight.data
 
-    def delta_parts(self, name: str) -> list[Part]:
+    def delta_parts(self, name: str) -> list[DeltaBlock]:
         # W is (num x dim) and ΔW = (B·A)ᵀ = Aᵀ·Bᵀ.
         return [((slice(None), slice(None)), self.lora_A[name].t(), self.lora_B[name].t())]
 

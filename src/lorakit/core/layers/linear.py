@@ -16,8 +16,8 @@ from lorakit.core.errors import AdapterError, ConfigError
 from lorakit.core.layers.common import (
     PER_ROW_MIN_TOKENS,
     PRESENT_MAX_ADAPTERS,
-    WHOLE,
-    Part,
+    WHOLE_WEIGHT,
+    DeltaBlock,
     active_name,
     apply_delta,
     init_slots,
@@ -107,14 +107,14 @@ class LoraLinear(nn.Module):
         """The base weight as stored (out x in, or in x out for Conv1D); a view, so writes reach the module."""
         return self.base_layer.weight.data
 
-    def delta_parts(self, name: str) -> list[Part]:
+    def delta_parts(self, name: str) -> list[DeltaBlock]:
         """Where s·left@right goes in weight_2d() for each adapted slice."""
         a, b = self.lora_A[name], self.lora_B[name]
         if not self.slices:  # the common case, without the per-slice bookkeeping below
-            return [(WHOLE, a.t(), b.t())] if self.transposed else [(WHOLE, b, a)]
+            return [(WHOLE_WEIGHT, a.t(), b.t())] if self.transposed else [(WHOLE_WEIGHT, b, a)]
         p = self.part_size
         r = a.shape[0] // len(self.enabled)
-        parts: list[Part] = []
+        parts: list[DeltaBlock] = []
         for j, e in enumerate(self.enabled):
             aj, bj = a[j * r : (j + 1) * r], b[j * p : (j + 1) * p]
             rows = slice(e * p, (e + 1) * p) if self.slices else slice(None)
