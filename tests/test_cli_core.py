@@ -113,6 +113,16 @@ def test_negative_numbers_are_values_not_options():
         main_raising(["train", "--train.lr", "-1e-4"])
 
 
+def test_text_options_keep_the_text_as_typed():
+    from commands import parse
+
+    from lorakit.cli.options import given
+    from lorakit.train.config import RunConfig
+
+    args = parse("train", ["--run_dir", "2026", "--model.name", "1.0", "--data.train", "null", "--data.dev", "null"])
+    assert given(args, RunConfig) == {"run_dir": "2026", "model.name": "1.0", "data.train": "null", "data.dev": None}
+
+
 def main_raising(argv):
     from commands import run_cli
 

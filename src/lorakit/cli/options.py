@@ -1,8 +1,9 @@
 """Command-line options generated from config schemas: each field is an option, its docstring the help.
 
 Sectioned configs (lorakit train, compare) get `--section.field VALUE` for each field of each section, flat ones
-(a command's own options) get `--field-name VALUE`. Values are read as YAML scalars ("2e-4", "null", "true"); a
-list field also takes comma-separated items (`--methods lora,full`) and a mapping field `key=value` pairs.
+(a command's own options) get `--field-name VALUE`. Values are read as YAML scalars ("2e-4", "null", "true") except
+for text fields, which keep the text as typed ("null" is None where the field allows it); a list field also takes
+comma-separated items (`--methods lora,full`) and a mapping field `key=value` pairs.
 Nothing is validated here: the schema does that, reporting every problem at once.
 """
 
@@ -102,6 +103,9 @@ def read(text: Any, prop: Mapping[str, Any]) -> Any:
     if not isinstance(text, str):
         return text
     kinds = {prop.get("type")} | {p.get("type") for p in prop.get("anyOf", ())}
+    kinds.discard(None)
+    if kinds <= {"string", "null"} and kinds:  # a text field keeps the text as typed: --api-key "", --model 1.0
+        return None if "null" in kinds and text == "null" else text
     stripped = text.strip()
     if "array" in kinds and "string" not in kinds and not stripped.startswith("[") and stripped != "null":
         return [parse_value(item.strip()) for item in stripped.split(",") if item.strip()]
