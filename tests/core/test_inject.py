@@ -97,6 +97,17 @@ def test_unwrap_restores_the_original_module_objects_and_flags(ids):
     assert not hasattr(model, "_lorakit")
 
 
+def test_save_pretrained_of_a_wrapped_model_refuses_until_unwrap(tmp_path):
+    model = lorakit.inject(tiny_llama(), LoraConfig(rank=4))
+    with pytest.raises(AdapterError, match="lorakit.save_adapter"):
+        model.save_pretrained(tmp_path / "wrapped")
+    assert not (tmp_path / "wrapped").exists()
+    lorakit.unwrap(model)
+    assert "save_pretrained" not in vars(model)
+    model.save_pretrained(tmp_path / "plain")
+    assert (tmp_path / "plain" / "model.safetensors").is_file()
+
+
 def test_set_active_switches_adapters_without_copying_weights(ids):
     model = tiny_llama()
     lorakit.inject(model, LoraConfig(rank=4), "a")

@@ -13,6 +13,7 @@ from tiny import randomize, tiny_bert, tiny_gpt2, tiny_llama
 
 import lorakit
 from lorakit import AdapterError, AdapterFileError, LoraConfig
+from lorakit.core.io import restore_adapter
 
 CASES = {
     "llama": (tiny_llama, LoraConfig(rank=4, alpha=8, targets=("q_proj", "v_proj", "embed_tokens"))),
@@ -119,6 +120,40 @@ def test_pissa_adapters_load_on_the_original_base(make, targets, tmp_path, ids):
     with torch.no_grad():
         assert (fresh(ids).logits - model(ids).logits).abs().max() <= 1e-4
     assert json.loads((tmp_path / "adapter_config.json").read_text())["rank_pattern"]  # saved at rank 2r
+
+
+RESTORE_CASES = {**CASES, "llama-pissa": (tiny_llama, LoraConfig(rank=4, init="pissa", targets=("q_proj", "v_proj")))}
+
+
+@pytest.mark.parametrize("case", list(RESTORE_CASES))
+def test_restore_adapter_refills_the_same_parameters_bit_exactly(case, tmp_path):
+    make, config = RESTORE_CASES[case]
+    model = lorakit.inject(make(), config)
+    randomize(model)
+    trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    lorakit.save_adapter(model, tmp_path)
+    randomize(model, seed=2)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad and ".lora_" not in n:
+                p.add_(1.0)
+    objects = {n: id(p) for n, p in model.named_parameters()}
+    restore_adapter(model, tmp_path, "default")
+    assert {n: id(p) for n, p in model.named_parameters()} == objects
+    now = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert now.keys() == trained.keys() and all(torch.equal(now[n], trained[n]) for n in trained)
+
+
+def test_restore_adapter_refuses_another_configs_file_and_changes_nothing(tmp_path):
+    lorakit.save_adapter(lorakit.inject(tiny_llama(), LoraConfig(rank=2, targets=("q_proj", "k_proj"))), tmp_path)
+    model = lorakit.inject(tiny_llama(), LoraConfig(rank=4, targets=("q_proj", "v_proj")))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(AdapterFileError) as e:
+        restore_adapter(model, tmp_path, "default")
+    said = str(e.value)
+    assert "layers.0.self_attn.v_proj: adapter 'default' has this module" in said
+    assert "layers.0.self_attn.k_proj: in the file" in said and "A (2, 32)" in said
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
 def test_writes_are_atomic(tmp_path, monkeypatch):

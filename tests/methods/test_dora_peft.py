@@ -14,6 +14,7 @@ from tiny import randomize, tiny_gpt2, tiny_llama, tiny_tokenizer
 
 import lorakit
 from lorakit import AdapterFileError, ConfigError, LoraConfig, MergeError
+from lorakit.core.io import restore_adapter
 from lorakit.core.layers import MAGNITUDE
 from lorakit.core.state import wrappers
 from lorakit.methods import METHODS, MethodOptions, load_dora, load_method
@@ -69,6 +70,19 @@ def peft_dora(make, targets: list[str], seed: int = 4):
             elif "lora_magnitude_vector" in n:
                 p.mul_(1 + 0.5 * torch.rand(p.shape, generator=g))
     return theirs.eval()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_dora_runs_saved_adapter_restores_into_it_bit_exactly(case, tmp_path):
+    make, model, export = trained_dora(case)
+    export.write(model, tmp_path)
+    saved = {n: p.detach().clone() for n, p in model.named_parameters() if ".lora_" in n}
+    randomize(model, seed=5)
+    with torch.no_grad():
+        for _, layer in wrappers(model):
+            getattr(layer, MAGNITUDE)["default"].mul_(2)
+    restore_adapter(model, tmp_path, "default")
+    assert all(torch.equal(p, saved[n]) for n, p in model.named_parameters() if ".lora_" in n)
 
 
 @pytest.mark.parametrize("case", list(CASES))

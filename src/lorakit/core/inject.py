@@ -21,7 +21,8 @@ _WRAPPERS = {"Linear": LoraLinear, "Conv1D": LoraLinear, "Embedding": LoraEmbedd
 def inject(model: nn.Module, config: LoraConfig, name: str = "default", verbose: bool = False) -> nn.Module:
     """Wrap the modules config.targets selects, add adapter `name`, and freeze all but its trainable parameters.
 
-    The first adapter injected or loaded becomes active. Returns the same model object.
+    The first adapter injected or loaded becomes active. Until unwrap, the model's save_pretrained refuses (see
+    RefusedSave). Returns the same model object.
     """
     inject_factors(model, config, name, None)
     set_trainable(model, name)
@@ -51,6 +52,8 @@ def inject_factors(
         found = [(p, kind_of(getattr(m, "base_layer", m))) for p in factors for m in (model.get_submodule(p),)]
     _check_slices(config, found)
     saved = _find_saved(model, config.modules_to_save)
+    if getattr(model, ATTR, None) is None and hasattr(model, "save_pretrained"):
+        model.save_pretrained = RefusedSave()
     setattr(model, ATTR, state)
     state.register(name, config)
     for path, kind in found:
@@ -74,6 +77,21 @@ def inject_factors(
             model.set_submodule(path, module)
         module.add_copy(name)
     state.version += 1  # the set of wrappers changed: cached wrapper lists and stacked tables are stale
+
+
+class RefusedSave:
+    """A wrapped transformers model's save_pretrained: it would write the wrapper's keys (`q_proj.base_layer.weight`,
+    `lora_A.default`), which from_pretrained loads without an error as the base model with the adapted weights
+    freshly initialised. transformers.Trainer saves through it, so a plain Trainer stops here too."""
+
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        raise AdapterError(
+            "this model carries lorakit adapters, and save_pretrained would write a file that from_pretrained "
+            "loads as a broken model (its adapted weights freshly initialised). Save the adapter with "
+            "lorakit.save_adapter(model, DIR) (PEFT's format); for one plain model, lorakit.merge(model, NAME) and "
+            "lorakit.unwrap(model) first (or `lorakit merge`); with transformers.Trainer, train with "
+            "lorakit.train.hf.LorakitTrainer, whose checkpoints and save_model write the adapter."
+        )
 
 
 def set_trainable(model: nn.Module, name: str) -> None:
@@ -232,4 +250,6 @@ def unwrap(model: nn.Module) -> nn.Module:
     for pname, p in model.named_parameters():
         p.requires_grad_(state.requires_grad.get(pname, p.requires_grad))
     delattr(model, ATTR)
+    if isinstance(model.__dict__.get("save_pretrained"), RefusedSave):
+        del model.save_pretrained
     return model

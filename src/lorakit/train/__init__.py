@@ -1,7 +1,7 @@
 """Training: one loop (`fit`), YAML configs, checkpoints with exact resume, data parallelism.
 
-`lorakit.train.hf.LorakitTrainer` trains lorakit-wrapped models with transformers.Trainer (imported on its own, since it
-imports the Trainer machinery)."""
+`lorakit.train.hf.LorakitTrainer` trains lorakit-wrapped models with transformers.Trainer (imported on its own,
+since it imports the Trainer machinery)."""
 
 from lorakit.core.lazy import lazy_names
 

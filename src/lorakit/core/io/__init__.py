@@ -7,8 +7,9 @@ from lorakit.core.io.files import (
     load_adapter,
     load_dora_adapter,
     read_adapter,
+    restore_adapter,
     save_adapter,
 )
 
 __all__ = ["atomic_write", "fingerprint", "is_dora", "load_adapter", "load_dora_adapter", "read_adapter",
-           "save_adapter"]
+           "restore_adapter", "save_adapter"]

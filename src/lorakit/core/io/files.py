@@ -23,7 +23,7 @@ from torch import nn
 
 from lorakit.core.atomic import atomic_write
 from lorakit.core.config import LoraConfig
-from lorakit.core.errors import AdapterFileError
+from lorakit.core.errors import AdapterError, AdapterFileError
 from lorakit.core.inject import inject_factors, set_trainable
 from lorakit.core.io import peft as peft_keys
 from lorakit.core.io.peft import CONFIG_FILE, WEIGHTS_FILE
@@ -186,6 +186,64 @@ def load_dora_adapter(
     The magnitudes are returned, not installed: DoRA's forward lives in lorakit.methods.variants (load_dora).
     """
     return _load(model, directory, name, False, dora=True)
+
+
+def restore_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "default") -> None:
+    """Copy a saved adapter's weights into adapter `name`, already on `model`, in place.
+
+    What resuming training needs: an optimizer holds these very parameters, so they must be refilled, not replaced.
+    The file must cover exactly the adapter's modules with its shapes and scales (as save_adapter wrote it from
+    the same config); otherwise the error lists every difference and nothing changes.
+    """
+    state = state_of(model)
+    state.require(name)
+    layers = {p: m for p, m in wrappers(model) if not isinstance(m, SavedModule) and name in m.lora_A}
+    copies = {p: m.copies[name] for p, m in wrappers(model) if isinstance(m, SavedModule) and name in m.copies}
+    if any(name in m.merged for m in layers.values()):
+        raise AdapterError(f"adapter {name!r} is merged; lorakit.unmerge(model) before restoring its weights")
+    dora = any(name in getattr(m, MAGNITUDE, ()) for m in layers.values())
+    config, meta, tensors = read_adapter(directory, dora)
+    plan = peft_keys.plan_load(model, config, meta, tensors, fingerprint(model), Path(directory))
+    biases = {peft_keys.plain_name(n) for n, _ in model.named_parameters()
+              if peft_keys.is_trained_bias(n, state.configs[name].bias, layers)}
+    problems = [f"{p}: adapter {name!r} has this module, the file does not"
+                for p in sorted(set(layers) - set(plan.modules))]
+    problems += [f"{p}: in the file, not in adapter {name!r}" for p in sorted(set(plan.modules) - set(layers))]
+    problems += [f"modules_to_save {p}: in only one of the file and adapter {name!r}"
+                 for p in sorted(set(copies) ^ set(plan.saved))]
+    problems += [f"bias {p}: in only one of the file and adapter {name!r}" for p in sorted(biases ^ set(plan.biases))]
+    factors = {p: _own_factors(p, layers[p], name, *plan.modules[p], problems)
+               for p in sorted(set(layers) & set(plan.modules))}
+    if problems:
+        raise AdapterFileError(f"{directory} does not hold adapter {name!r} of this model (saved from another "
+                               "config?):\n  - " + "\n  - ".join(problems[:20]))
+    params = {peft_keys.plain_name(n): p for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for path, (a, b) in factors.items():
+            m = layers[path]
+            m.lora_A[name].copy_(a)
+            m.lora_B[name].copy_(b)
+            if dora:
+                getattr(m, MAGNITUDE)[name].copy_(plan.magnitudes[path])
+        for path, sd in plan.saved.items():
+            copies[path].load_state_dict(sd)
+        for pname, t in plan.biases.items():
+            params[pname].copy_(t)
+    state.version += 1  # the adapter's weights changed: layers rebuild what they cached from them
+
+
+def _own_factors(path: str, m: nn.Module, name: str, a: torch.Tensor, b: torch.Tensor, scale: float,
+                 problems: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A file's (A, B) for layer `m` in the adapter's own layout; a mismatch with the adapter goes to problems."""
+    if name in getattr(m, "pissa", ()):  # saved as [A; A0], [B, -B0] (peft.export_factors): the trained part first
+        r = m.lora_A[name].shape[0]
+        a, b = a[:r], b[:, :r]
+    if a.shape != m.lora_A[name].shape or b.shape != m.lora_B[name].shape:
+        problems.append(f"{path}: A {tuple(a.shape)} / B {tuple(b.shape)} in the file, but the adapter has "
+                        f"{tuple(m.lora_A[name].shape)} / {tuple(m.lora_B[name].shape)}")
+    elif not math.isclose(scale, m.scaling[name], rel_tol=1e-6):
+        problems.append(f"{path}: scale {scale:g} in the file, {m.scaling[name]:g} in the adapter")
+    return a, b
 
 
 def _load(model: nn.Module, directory: str | os.PathLike, name: str | None, trainable: bool,
