@@ -23,13 +23,15 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 import lorakit
-from lorakit.serve.backend import Backend
+from lorakit.serve.backend import Backend, Chunk
 from lorakit.serve.hf import TransformersBackend
 from lorakit.serve.llama import LeanBackend, unsupported
 from lorakit.serve.metrics import Metrics
 from lorakit.serve.pool import AdapterPool
-from lorakit.serve.sampling import SamplingParams, choose_tokens
+from lorakit.serve.sampling import SamplingParams, TokenLogprob, choose_tokens, token_logprobs
 from lorakit.serve.text import TextStream
+
+__all__ = ["ARRIVAL", "Engine", "Event", "Request", "TokenLogprob"]
 
 ARRIVAL: ContextVar[Callable[[], None] | None] = ContextVar("lorakit_arrival", default=None)
 """The current HTTP request's `Engine.arriving` callback; `submit` calls it (see there)."""
@@ -46,6 +48,10 @@ class Event:
     error: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None
+    """Parallel to token_ids when the request asked for logprobs."""
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    """On the request's first event when it asked for prompt_logprobs: one per prompt token, the first None."""
 
 
 @dataclass(eq=False)
@@ -67,6 +73,8 @@ class Request:
     finished: bool = False
     submitted: float = field(default_factory=time.monotonic)
     first_token: float | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    """Built while the prompt is prefilled, when params.prompt_logprobs asks for them."""
 
 
 class Engine:
@@ -112,6 +120,7 @@ class Engine:
         self.eos = eos_ids(model, tokenizer)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
+        self._logprob_rows = False  # whether a running row asks for logprobs (set when the rows change)
         if lean is None:
             lean = next(model.parameters()).dtype == torch.bfloat16 and unsupported(model) is None
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -334,12 +343,28 @@ class Engine:
         for seq in rows:
             seq.generator = seq.params.generator(self.device)
         carried = list(self.running) if self.backend.decode_in_prefill else []
-        logits = self.backend.prefill(carried + rows)
+        chunks = [Chunk(s, 0, len(s.prompt), s.params.prompt_logprobs is not None) for s in rows]
+        logits, every = self.backend.prefill(chunks, carried)
+        for chunk, full in zip(chunks, every, strict=True):
+            if full is not None:
+                self._add_prompt_logprobs(chunk, full)
         if carried:
             self.metrics.observe_batch(len(carried) + len(rows))
         self.running.extend(rows)
+        self._logprob_rows = any(s.params.logprobs is not None for s in self.running)
         self._emit(carried + rows, logits)
         return bool(carried)
+
+    @staticmethod
+    def _add_prompt_logprobs(chunk: Chunk, logits: torch.Tensor) -> None:
+        """Prompt logprobs of the tokens after the chunk's positions, from its (end - start, vocab) logits."""
+        seq = chunk.row
+        if seq.prompt_logprobs is None:
+            seq.prompt_logprobs = [None]
+        n = min(chunk.end, len(seq.prompt) - 1) - chunk.start  # the last prompt token's logits give no prompt token
+        if n > 0:
+            seq.prompt_logprobs += token_logprobs(logits[:n], seq.prompt[chunk.start + 1 : chunk.start + 1 + n],
+                                                  seq.params.prompt_logprobs)
 
     def _decode(self) -> None:
         logits = self.backend.decode(self.running)
@@ -348,12 +373,18 @@ class Engine:
 
     def _emit(self, rows: list[Request], logits: torch.Tensor) -> None:
         tokens = choose_tokens(logits, [s.params for s in rows], [s.generator for s in rows]).tolist()
+        logprobs = self._logprobs(rows, logits, tokens) if self._logprob_rows else {}
         done: list[Request] = []
         now = time.monotonic()
-        for seq, token in zip(rows, tokens, strict=True):
+        for i, (seq, token) in enumerate(zip(rows, tokens, strict=True)):
+            extra = {}
+            if i in logprobs:
+                extra["logprobs"] = [logprobs[i]]
             if seq.first_token is None:
                 seq.first_token = now
                 self.metrics.observe_first_token(now - seq.submitted)
+                if seq.prompt_logprobs is not None:
+                    extra["prompt_logprobs"] = seq.prompt_logprobs
             seq.output.append(token)
             reason = None
             if token in self.eos and not seq.params.ignore_eos:
@@ -367,20 +398,35 @@ class Engine:
                     text += seq.stream.finish()  # the flushed tail may still complete a stop string
                     reason = "stop" if seq.stream.stopped else "length"
             if reason is None:
-                self._send(seq, Event(text, [token]))
+                self._send(seq, Event(text, [token], **extra))
             else:
-                self._finish(seq, reason, text, token=token)
+                self._finish(seq, reason, text, token=token, **extra)
                 done.append(seq)
         if done:
             self._keep([s for s in self.running if s not in done])
+
+    @staticmethod
+    def _logprobs(rows: list[Request], logits: torch.Tensor, tokens: list[int]) -> dict[int, TokenLogprob]:
+        """Row index -> its chosen token's logprobs, for the rows that ask, those asking for k alternatives at once."""
+        by_k: dict[int, list[int]] = {}
+        for i, seq in enumerate(rows):
+            if seq.params.logprobs is not None:
+                by_k.setdefault(seq.params.logprobs, []).append(i)
+        out: dict[int, TokenLogprob] = {}
+        for k, index in by_k.items():
+            found = token_logprobs(logits[torch.tensor(index)], [tokens[i] for i in index], k)
+            out.update(zip(index, found, strict=True))
+        return out
 
     def _keep(self, rows: list[Request]) -> None:
         """Keep these running rows (in their order); the backend forgets the others."""
         kept = {id(s) for s in rows}
         self.backend.release([s for s in self.running if id(s) not in kept])
         self.running = rows
+        self._logprob_rows = any(s.params.logprobs is not None for s in rows)
 
-    def _finish(self, seq: Request, reason: str, text: str, token: int | None = None, error: str | None = None) -> None:
+    def _finish(self, seq: Request, reason: str, text: str, token: int | None = None, error: str | None = None,
+                **extra) -> None:
         if seq.finished:
             return
         if seq.key is not None:
@@ -389,7 +435,7 @@ class Engine:
         self.metrics.observe_finish(seq.adapter, reason, len(seq.prompt), len(seq.output),
                                     time.monotonic() - seq.submitted)
         self._send(seq, Event(text, [] if token is None else [token], reason, error,
-                              len(seq.prompt), len(seq.output)))
+                              len(seq.prompt), len(seq.output), **extra))
 
     def _send(self, seq: Request, event: Event) -> None:
         try:

@@ -111,6 +111,18 @@ class GrowingLayer(DynamicLayer):
         return self.length
 
 
+def truncate(cache: DynamicCache, length: int) -> None:
+    """Keep the first `length` tokens of every layer of a one-row cache (a forward that raised may have added to
+    some layers and not to others)."""
+    for layer in cache.layers:
+        if isinstance(layer, GrowingLayer):
+            layer.length = min(layer.length, length)
+            layer._expose()
+        elif layer.is_initialized and layer.keys is not None and layer.keys.numel():
+            layer.keys = layer.keys[:, :, :length]
+            layer.values = layer.values[:, :, :length]
+
+
 def _with_room(buf: torch.Tensor, used: int, capacity: int) -> torch.Tensor:
     out = buf.new_zeros(buf.shape[0], buf.shape[1], capacity, buf.shape[3])
     out[:, :, :used] = buf[:, :, :used]

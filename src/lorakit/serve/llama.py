@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.serve import kernels
-from lorakit.serve.backend import Row
+from lorakit.serve.backend import Chunk, Row
 from lorakit.serve.factors import ATTN, MLP, LoraTables, PromptRows, RowGroup
 from lorakit.serve.kv import SlotCache
 from lorakit.serve.packed import PREFILL_MAX, PREFILL_ROWS, ROWS, Packed, exact_counts
@@ -161,14 +161,43 @@ class LeanLlama:
                 ) -> tuple[list[int], torch.Tensor]:
         """Prefill prompts, their tokens packed into one batch: (slots, (n, vocab) bf16 logits of each prompt's last
         token). Prompt i goes into a new slot, or continues slot slots[i] after the tokens it holds (a running
-        request's next token is such a one-token prompt: see decode_in_prefill).
+        request's next token is such a one-token prompt: see decode_in_prefill; a long prompt's later chunk
+        another).
 
         Each prompt's result is the same as when it is prefilled alone: its rows go through products of row counts
         proven equivalent (Packed.sizes), its LoRA products see only its own tokens, and its causal attention only
         its own keys."""
+        slots, h, ends = self.hidden(prompts, names, slots)
+        return slots, self.logits(h.index_select(0, torch.tensor(ends) - 1))
+
+    @torch.inference_mode()
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(n, vocab) bf16 logits of the next token after each row of the last layer's output (n, C)."""
+        return self.head(self._rms(h, self.norm))
+
+    @torch.inference_mode()
+    def hidden(self, prompts: list[list[int]], names: list[str | None], slots: list[int | None] | None = None
+               ) -> tuple[list[int], torch.Tensor, list[int]]:
+        """`prefill` up to the last layer's output: (slots, (P, C) output at every token of the prompts, packed,
+        each prompt's end row). Slots it took are given back when it raises, and no slot's length changes then."""
         sizes = [len(p) for p in prompts]
         cache = self.cache
-        slots = [cache.take(n) if s is None else s for n, s in zip(sizes, slots or [None] * len(sizes), strict=True)]
+        held = slots or [None] * len(sizes)
+        slots = []
+        try:
+            for n, s in zip(sizes, held, strict=True):
+                slots.append(cache.take(n) if s is None else s)
+            h, ends = self._hidden(prompts, names, slots, sizes)
+        except BaseException:
+            for slot, s in zip(slots, held, strict=False):
+                if s is None:
+                    cache.release(slot)
+            raise
+        return slots, h, ends
+
+    def _hidden(self, prompts: list[list[int]], names: list[str | None], slots: list[int], sizes: list[int]
+                ) -> tuple[torch.Tensor, list[int]]:
+        cache = self.cache
         starts = [cache.lengths[s] for s in slots]
         cache.fit(max(start + n for start, n in zip(starts, sizes, strict=True)))
         ends = torch.tensor(sizes).cumsum(0).tolist()
@@ -230,8 +259,7 @@ class LeanLlama:
             h = self._block_rest(block, tables[i], h, out, prompt_rows)
         for slot, start, n in zip(slots, starts, sizes, strict=True):
             cache.lengths[slot] = start + n
-        last = h.index_select(0, torch.tensor([end - 1 for end in ends]))
-        return slots, self.head(self._rms(last, self.norm))
+        return h, ends
 
     @torch.inference_mode()
     def decode(self, slots: list[int], tokens: list[int], names: list[str | None]) -> torch.Tensor:
@@ -255,7 +283,7 @@ class LeanLlama:
             h = self._block_rest(block, tables[i], h, out)
         for s in slots:
             cache.lengths[s] += 1
-        return self.head(self._rms(h, self.norm))
+        return self.logits(h)
 
     def _block_rest(self, block: Block, table: dict, h: torch.Tensor, attn: torch.Tensor,
                     prompt_rows: PromptRows | None = None) -> torch.Tensor:
@@ -290,9 +318,11 @@ class LeanLlama:
 
 
 class LeanBackend:
-    """The engine's Backend over LeanLlama: each request in a cache slot of its own, from its prefill to its release."""
+    """The engine's Backend over LeanLlama: each request in a cache slot of its own, from its first chunk to its
+    release."""
 
     name = "lean bf16"
+    padded = False
 
     def __init__(self, model: nn.Module):
         self.forward = LeanLlama(model)
@@ -302,13 +332,28 @@ class LeanBackend:
     def check(self, key: str) -> None:
         self.forward.check(key)
 
-    def prefill(self, rows: Sequence[Row]) -> torch.Tensor:
-        held = [self._slots.get(id(r)) for r in rows]
-        prompts = [r.prompt if slot is None else [r.output[-1]] for r, slot in zip(rows, held, strict=True)]
-        slots, logits = self.forward.prefill(prompts, [r.key for r in rows], held)
+    def prefill(self, chunks: Sequence[Chunk], carried: Sequence[Row] = ()
+                ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        rows = [*carried, *(c.row for c in chunks)]
+        prompts = [[r.output[-1]] for r in carried] + [c.row.prompt[c.start : c.end] for c in chunks]
+        held = [self._slots[id(r)] for r in carried] + [self._slots[id(c.row)] if c.start else None for c in chunks]
+        lengths = self.forward.cache.lengths
+        before = [None if s is None else lengths[s] for s in held]
+        slots, h, ends = self.forward.hidden(prompts, [r.key for r in rows], held)
+        try:
+            last = self.forward.logits(h.index_select(0, torch.tensor(ends) - 1))
+            every = [self.forward.logits(h[end - (c.end - c.start) : end]) if c.every else None
+                     for c, end in zip(chunks, ends[len(carried) :], strict=True)]
+        except BaseException:  # the caches as they were
+            for slot, length in zip(slots, before, strict=True):
+                if length is None:
+                    self.forward.release(slot)
+                else:
+                    lengths[slot] = length
+            raise
         for row, slot in zip(rows, slots, strict=True):
             self._slots[id(row)] = slot
-        return logits
+        return last, every
 
     def decode(self, rows: Sequence[Row]) -> torch.Tensor:
         return self.forward.decode([self._slots[id(r)] for r in rows], [r.output[-1] for r in rows],
