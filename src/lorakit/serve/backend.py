@@ -56,6 +56,10 @@ class Backend(Protocol):
         """(len(rows), vocab) logits of each decoding row's next token, after its last output token; `rows` are all
         the decoding rows the backend holds."""
 
+    def probe(self, row: Row, chunk: Chunk | None = None) -> None:
+        """Run one row's part of a pass that raised on its own, changing no cache: its chunk, or (None) its decode
+        step; raises what that raises (the engine's search for the request that made a pass fail)."""
+
     def release(self, rows: Sequence[Row]) -> None:
         """Forget these rows' caches (finished or cancelled requests, decoding or part-prefilled)."""
 

@@ -46,6 +46,10 @@ class Event:
     finish_reason: str | None = None
     """"stop" (end-of-sequence or a stop string), "length" (max_tokens or the context), "cancelled", "error"."""
     error: str | None = None
+    """What went wrong, for the user, when finish_reason is "error"."""
+    status: int | None = None
+    """With an error: 400 or 404 when the request is at fault (its adapter cannot be loaded or run, or was unloaded
+    before it started; its seed), 503 when the server is shutting down, 500 otherwise."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     logprobs: list[TokenLogprob] | None = None
@@ -211,7 +215,7 @@ class Engine:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        self._fail_all("the server is shutting down")
+        self._fail_all("the server is shutting down", 503)
 
     def _loop(self, until: Callable[[], bool] | None) -> None:
         while True:
@@ -226,8 +230,8 @@ class Engine:
                     return
             try:
                 self.step()
-            except Exception as e:  # e.g. out of memory: fail the requests in flight, keep serving new ones
-                self._fail_all(f"the engine failed: {type(e).__name__}: {e}")
+            except Exception as e:  # a failure no request is known to cause: fail those in flight, keep serving
+                self._fail_all(f"the engine failed: {type(e).__name__}: {e}", 500)
 
     def _gather(self) -> None:
         """Hold an idle engine's first admission while requests are on their way or arrived within arrival_gap
@@ -243,23 +247,30 @@ class Engine:
                 return
             seen = len(self.waiting)
 
-    def _fail_all(self, error: str) -> None:
+    def _fail_all(self, error: str, status: int) -> None:
         with self._wake:
             waiting = list(self.waiting)
             self.waiting.clear()
         for seq in waiting + self.running:
-            self._finish(seq, "error", "", error=error)
+            self._finish(seq, "error", "", error=error, status=status)
         self.running = []
+        self._logprob_rows = False
         self.backend.reset()
+        self._set_gauges()
 
     # ---- the engine's thread ----
 
     def step(self) -> None:
         """One scheduling iteration: calls, admissions (with prefill), one decode step for all running rows."""
-        self._run_calls()
-        self._drop_cancelled()
-        if not self._admit() and self.running:
-            self._decode()
+        try:
+            self._run_calls()
+            self._drop_cancelled()
+            if not self._admit() and self.running:
+                self._decode()
+        finally:
+            self._set_gauges()
+
+    def _set_gauges(self) -> None:
         self.metrics.set_gauges(waiting=len(self.waiting), running=len(self.running),
                                 adapters=sum(e.resident for e in self.pool.entries.values()),
                                 loads=self.pool.loads, evictions=self.pool.evictions)
@@ -309,50 +320,58 @@ class Engine:
             elif not seq.finished:
                 joining.append(seq)
         self.waiting.extendleft(reversed(blocked))
-        if not joining:
-            return False
-        try:
-            return self._prefill(joining)
-        except Exception as e:  # the rows are in neither list yet: fail them here, then let the loop recover
-            for seq in joining:
-                self._finish(seq, "error", "", error=f"the engine failed: {type(e).__name__}: {e}")
-            raise
+        return self._prefill(joining) if joining else False
 
     def _acquire(self, seq: Request) -> bool:
         """Reserve the request's adapter (loading it if evicted); False if it must wait for room.
 
-        A request whose adapter is gone or fails to load is finished here with an error.
+        A request whose adapter is gone, fails to load or cannot run here is finished with an error (whatever the
+        failure: a request popped from the queue must end somewhere).
         """
         if seq.adapter is None or seq.adapter == self.merged:
             return True
         if not self.pool.contains(seq.adapter):
-            self._finish(seq, "error", "", error=f"adapter {seq.adapter!r} was unloaded before the request started")
+            self._finish(seq, "error", "", error=f"adapter {seq.adapter!r} was unloaded before the request started; "
+                                                 f"load it again", status=404)
             return True
         try:
             seq.key = self.pool.acquire(seq.adapter)
             if seq.key is not None:
                 self.backend.check(seq.key)
-        except lorakit.LoraError as e:
-            self._finish(seq, "error", "", error=f"adapter {seq.adapter!r} could not be loaded: {e}")
+        except Exception as e:
+            what = str(e) if isinstance(e, lorakit.LoraError) else f"{type(e).__name__}: {e}"
+            self._finish(seq, "error", "", error=f"adapter {seq.adapter!r} could not be loaded: {what}", status=400)
             return True
         return seq.key is not None
 
     def _prefill(self, rows: list[Request]) -> bool:
         """Prefill newcomers; True when the running rows took this step's token in the same pass (where the
         backend's decode_in_prefill allows it: one pass over the weights instead of a prefill and a decode step)."""
+        ready = []
         for seq in rows:
-            seq.generator = seq.params.generator(self.device)
+            try:
+                seq.generator = seq.params.generator(self.device)
+                ready.append(seq)
+            except Exception as e:  # a seed torch cannot take
+                self._finish(seq, "error", "", error=f"invalid seed {seq.params.seed!r}: {e}", status=400)
         carried = list(self.running) if self.backend.decode_in_prefill else []
-        chunks = [Chunk(s, 0, len(s.prompt), s.params.prompt_logprobs is not None) for s in rows]
-        logits, every = self.backend.prefill(chunks, carried)
+        chunks = [Chunk(s, 0, len(s.prompt), s.params.prompt_logprobs is not None) for s in ready]
+        done = self._guarded(self.backend.prefill, chunks, carried)
+        if done is None:
+            return bool(carried)
+        (logits, every), chunks, carried = done
+        self.running.extend(c.row for c in chunks)
+        self._logprob_rows = any(s.params.logprobs is not None for s in self.running)
         for chunk, full in zip(chunks, every, strict=True):
             if full is not None:
-                self._add_prompt_logprobs(chunk, full)
+                try:
+                    self._add_prompt_logprobs(chunk, full)
+                except Exception as e:
+                    self._fail(chunk.row, f"the request failed computing its prompt logprobs ({type(e).__name__}: "
+                                          f"{e})", 500)
         if carried:
-            self.metrics.observe_batch(len(carried) + len(rows))
-        self.running.extend(rows)
-        self._logprob_rows = any(s.params.logprobs is not None for s in self.running)
-        self._emit(carried + rows, logits)
+            self.metrics.observe_batch(len(carried) + len(chunks))
+        self._emit(carried + [c.row for c in chunks], logits)
         return bool(carried)
 
     @staticmethod
@@ -367,43 +386,100 @@ class Engine:
                                                   seq.params.prompt_logprobs)
 
     def _decode(self) -> None:
-        logits = self.backend.decode(self.running)
-        self.metrics.observe_batch(len(self.running))
-        self._emit(self.running, logits)
+        done = self._guarded(lambda chunks, rows: self.backend.decode(rows), [], list(self.running))
+        if done is not None:
+            logits, _, rows = done
+            self.metrics.observe_batch(len(rows))
+            self._emit(rows, logits)
+
+    def _guarded(self, run: Callable[[list[Chunk], list[Request]], object], chunks: list[Chunk],
+                 rows: list[Request]) -> tuple[object, list[Chunk], list[Request]] | None:
+        """(run(chunks, rows), the chunks and rows it ran) for a pass (a prefill, a decode step). When the pass
+        raises, each request's part runs on its own (Backend.probe): those that fail alone end with their error
+        and the pass reruns without them. When none fails alone, or the rerun fails too, the failure is no single
+        request's: every request in the pass ends with it. None when nothing is left to run."""
+        try:
+            return run(chunks, rows), chunks, rows
+        except Exception as e:
+            failure = e
+        culprits: dict[int, tuple[Request, Exception]] = {}
+        for seq, chunk in [(c.row, c) for c in chunks] + [(r, None) for r in rows]:
+            try:
+                self.backend.probe(seq, chunk)
+            except Exception as e:
+                culprits[id(seq)] = (seq, e)
+        for seq, e in culprits.values():
+            self._fail(seq, f"the request failed in the model's forward pass ({type(e).__name__}: {e}); the other "
+                            f"requests went on", 500)
+        chunks = [c for c in chunks if id(c.row) not in culprits]
+        rows = [r for r in rows if id(r) not in culprits]
+        if culprits:
+            if not chunks and not rows:
+                return None
+            try:
+                return run(chunks, rows), chunks, rows
+            except Exception as e:
+                failure = e
+        for seq in [c.row for c in chunks] + rows:
+            self._fail(seq, f"the engine failed: {type(failure).__name__}: {failure}", 500)
+        return None
+
+    def _fail(self, seq: Request, error: str, status: int) -> None:
+        """End a request with an error, wherever it is; the backend forgets its rows."""
+        self._finish(seq, "error", "", error=error, status=status)
+        if any(s is seq for s in self.running):
+            self._keep([s for s in self.running if s is not seq])
+        else:
+            self.backend.release([seq])
 
     def _emit(self, rows: list[Request], logits: torch.Tensor) -> None:
-        tokens = choose_tokens(logits, [s.params for s in rows], [s.generator for s in rows]).tolist()
+        failed: dict[int, Exception] = {}
+        tokens = choose_tokens(logits, [s.params for s in rows], [s.generator for s in rows], failed).tolist()
         logprobs = self._logprobs(rows, logits, tokens) if self._logprob_rows else {}
         done: list[Request] = []
         now = time.monotonic()
         for i, (seq, token) in enumerate(zip(rows, tokens, strict=True)):
-            extra = {}
-            if i in logprobs:
-                extra["logprobs"] = [logprobs[i]]
-            if seq.first_token is None:
-                seq.first_token = now
-                self.metrics.observe_first_token(now - seq.submitted)
-                if seq.prompt_logprobs is not None:
-                    extra["prompt_logprobs"] = seq.prompt_logprobs
-            seq.output.append(token)
-            reason = None
-            if token in self.eos and not seq.params.ignore_eos:
-                text = seq.stream.finish()
-                reason = "stop"
-            else:
-                text = seq.stream.add(token)
-                if seq.stream.stopped:
-                    reason = "stop"
-                elif len(seq.output) >= seq.params.max_tokens or len(seq.prompt) + len(seq.output) >= self.max_context:
-                    text += seq.stream.finish()  # the flushed tail may still complete a stop string
-                    reason = "stop" if seq.stream.stopped else "length"
-            if reason is None:
-                self._send(seq, Event(text, [token], **extra))
-            else:
-                self._finish(seq, reason, text, token=token, **extra)
+            if seq.finished:  # failed since the pass
+                continue
+            try:
+                if i in failed:
+                    raise failed[i]
+                if self._next(seq, token, logprobs.get(i), now):
+                    done.append(seq)
+            except Exception as e:  # this request's sampling or text: it alone ends
+                self._finish(seq, "error", "", error=f"the request failed choosing its next token "
+                                                     f"({type(e).__name__}: {e})", status=500)
                 done.append(seq)
         if done:
             self._keep([s for s in self.running if s not in done])
+
+    def _next(self, seq: Request, token: int, logprob: TokenLogprob | None, now: float) -> bool:
+        """Give the request its next token; True when that ends it."""
+        extra = {}
+        if logprob is not None:
+            extra["logprobs"] = [logprob]
+        if seq.first_token is None:
+            seq.first_token = now
+            self.metrics.observe_first_token(now - seq.submitted)
+            if seq.prompt_logprobs is not None:
+                extra["prompt_logprobs"] = seq.prompt_logprobs
+        seq.output.append(token)
+        reason = None
+        if token in self.eos and not seq.params.ignore_eos:
+            text = seq.stream.finish()
+            reason = "stop"
+        else:
+            text = seq.stream.add(token)
+            if seq.stream.stopped:
+                reason = "stop"
+            elif len(seq.output) >= seq.params.max_tokens or len(seq.prompt) + len(seq.output) >= self.max_context:
+                text += seq.stream.finish()  # the flushed tail may still complete a stop string
+                reason = "stop" if seq.stream.stopped else "length"
+        if reason is None:
+            self._send(seq, Event(text, [token], **extra))
+            return False
+        self._finish(seq, reason, text, token=token, **extra)
+        return True
 
     @staticmethod
     def _logprobs(rows: list[Request], logits: torch.Tensor, tokens: list[int]) -> dict[int, TokenLogprob]:
@@ -426,7 +502,7 @@ class Engine:
         self._logprob_rows = any(s.params.logprobs is not None for s in rows)
 
     def _finish(self, seq: Request, reason: str, text: str, token: int | None = None, error: str | None = None,
-                **extra) -> None:
+                status: int | None = None, **extra) -> None:
         if seq.finished:
             return
         if seq.key is not None:
@@ -434,7 +510,7 @@ class Engine:
         seq.finished = True
         self.metrics.observe_finish(seq.adapter, reason, len(seq.prompt), len(seq.output),
                                     time.monotonic() - seq.submitted)
-        self._send(seq, Event(text, [] if token is None else [token], reason, error,
+        self._send(seq, Event(text, [] if token is None else [token], reason, error, status,
                               len(seq.prompt), len(seq.output), **extra))
 
     def _send(self, seq: Request, event: Event) -> None:

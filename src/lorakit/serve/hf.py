@@ -111,9 +111,28 @@ class TransformersBackend:
         ids = torch.tensor([[r.output[-1]] for r in rows], device=self.device)
         mask = self.batch.step_mask()
         positions = torch.tensor([[len(r.prompt) + len(r.output) - 1] for r in rows], device=self.device)
-        logits = self._forward(rows, ids, mask, positions, self.batch.cache)[:, -1]
+        lengths = self.batch.lengths()
+        try:
+            logits = self._forward(rows, ids, mask, positions, self.batch.cache)[:, -1]
+        except BaseException:  # the layers it reached hold one more column: back to the cache as it was
+            self.batch.restore(lengths)
+            raise
         self.batch.advance(mask)
         return logits
+
+    def probe(self, row: Row, chunk: Chunk | None = None) -> None:
+        if chunk is not None:
+            cache = self.pending[id(row)] if chunk.start else DynamicCache()
+            try:
+                self._prefill_chunk(chunk._replace(every=False), cache)
+            finally:
+                if chunk.start:
+                    truncate(cache, chunk.start)
+            return
+        cache, mask = self.batch.row(self.rows.index(row))
+        ids = torch.tensor([[row.output[-1]]], device=self.device)
+        positions = torch.tensor([[len(row.prompt) + len(row.output) - 1]], device=self.device)
+        self._forward([row], ids, torch.cat([mask, mask.new_ones(1, 1)], dim=1), positions, cache)
 
     def release(self, rows: Sequence[Row]) -> None:
         gone = {id(r) for r in rows}

@@ -359,6 +359,28 @@ class LeanBackend:
         return self.forward.decode([self._slots[id(r)] for r in rows], [r.output[-1] for r in rows],
                                    [r.key for r in rows])
 
+    def probe(self, row: Row, chunk: Chunk | None = None) -> None:
+        lengths = self.forward.cache.lengths
+        if chunk is None:
+            slot = self._slots[id(row)]
+            before = lengths[slot]
+            try:
+                self.forward.decode([slot], [row.output[-1]], [row.key])
+            finally:
+                lengths[slot] = before  # the key and value it wrote lie past the slot's length: unread
+            return
+        held = self._slots[id(row)] if chunk.start else None
+        before = None if held is None else lengths[held]
+        slots: list[int] = []
+        try:
+            slots, h, _ = self.forward.hidden([row.prompt[chunk.start : chunk.end]], [row.key], [held])
+            self.forward.logits(h[-1:])
+        finally:
+            if slots and held is None:
+                self.forward.release(slots[0])
+            elif slots:
+                lengths[held] = before
+
     def release(self, rows: Sequence[Row]) -> None:
         for row in rows:
             slot = self._slots.pop(id(row), None)
