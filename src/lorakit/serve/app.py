@@ -10,7 +10,7 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 
@@ -69,8 +69,8 @@ def create_app(service: Service, api_key: str | None = None, start_engine: bool 
         return PlainTextResponse("ok")
 
     @app.get("/metrics")
-    async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(service.base_name), media_type="text/plain; version=0.0.4")
+    async def prometheus() -> Response:
+        return Response(metrics.render(service.base_name), media_type=metrics.content_type)
 
     @app.get("/v1/models")
     async def models() -> dict:
