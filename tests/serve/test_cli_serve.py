@@ -18,7 +18,7 @@ from lorakit import ConfigError
 from lorakit.cli import build_parser
 from lorakit.cli.options import fields
 from lorakit.cli.serve import ServeOptions, build_service, parse_adapters, serve_options
-from lorakit.serve.app import create_app, serve
+from lorakit.serve.app import MAX_BODY, create_app, serve
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,7 @@ def test_every_serve_option_comes_from_the_schema_with_its_doc_as_help(capsys):
     for name, prop in fields(ServeOptions).items():
         assert f"--{name.replace('_', '-')}" in text, name
         assert " ".join(prop["description"].split())[:40] in text, name
+    assert parse().max_body * 2**20 == MAX_BODY  # the command's default is the library's
     o = parse("--adapter", "a=x", "--adapter", "b=y", "--max-body", "0.5")
     assert o.adapter == ["a=x", "b=y"] and o.max_body == 0.5
 

@@ -58,7 +58,7 @@ class ServeOptions(Schema):
     """Torch CPU threads (null: torch's choice)."""
     max_model_len: int | None = Field(None, ge=1)
     """Context length limit in tokens (null: the model's)."""
-    max_body: float = Field(8.0, gt=0)
+    max_body: float = Field(4.0, gt=0)
     """Largest request body in MiB; a larger one is refused (413) before it is read in full."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     """uvicorn's log level."""

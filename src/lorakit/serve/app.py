@@ -20,8 +20,9 @@ from lorakit.serve.protocol import LoadLoraRequest, ServeError, UnloadLoraReques
 from lorakit.serve.service import Service
 
 log = logging.getLogger("lorakit.serve")
-MAX_BODY = 8 * 2**20
-"""Default request body limit in bytes: 64 prompts of a few thousand tokens each fit with room to spare."""
+MAX_BODY = 4 * 2**20
+"""Default request body limit in bytes: 64 full-context prompts of an 8k-context model fit as token ids, and the
+largest body parses (holding the GIL) quickly enough not to hold up /health."""
 STATIC = Path(__file__).parent / "static"
 OPEN_PATHS = {"/health", "/", "/static/index.html"}
 """Reachable without the API key: the health check, and the page, which holds no data and asks for the key."""

@@ -162,8 +162,8 @@ class Service:
             return [prompt]
         if not prompt:
             raise ServeError(400, "prompt is an empty list; give a string or a list of token ids", "prompt")
-        if all(isinstance(p, int) for p in prompt):
-            return [list(prompt)]
+        if isinstance(prompt[0], int):  # the schema admits only lists of one kind
+            return [prompt]
         if len(prompt) > MAX_PROMPTS:
             raise ServeError(400, f"prompt holds {len(prompt)} prompts; at most {MAX_PROMPTS} per request: split "
                                   f"it", "prompt")
@@ -176,7 +176,7 @@ class Service:
             if self.tokenizer.bos_token_id is None:
                 raise ServeError(400, "the prompt is empty and the tokenizer has no BOS token to start from", "prompt")
             return [self.tokenizer.bos_token_id]
-        if any(t < 0 or t >= vocab for t in ids):
+        if min(ids) < 0 or max(ids) >= vocab:
             raise ServeError(400, f"prompt token ids must be in [0, {vocab})", "prompt")
         return ids
 
