@@ -1,7 +1,10 @@
 """Continuous batching: one base model, many adapters, one forward pass per decode step for every running row.
 
-Each iteration: run queued calls (adapter loads), admit waiting requests (prefilling their prompts), then one
-decode step for all running rows. Finished and cancelled rows leave between steps. Only the engine's thread
+Each iteration: run queued calls (adapter loads), one prefill pass of at most prefill_chunk prompt tokens (the
+next chunks of prompts being prefilled, then of waiting requests admitted into the batch), then one decode step
+for all running rows (inside the prefill pass where the backend allows it). Long prompts are prefilled over
+several iterations, so running rows get a token between any two chunks. Finished and cancelled rows leave between
+steps. Only the engine's thread
 touches the model. The forward passes are a Backend's (backend.py): the lean bf16 forward for bf16 Llama models on
 the CPU where its kernels are built (llama.LeanBackend: a request's output never depends on the batch), else the
 transformers forward (hf.TransformersBackend).
@@ -32,6 +35,8 @@ from lorakit.serve.sampling import SamplingParams, TokenLogprob, choose_tokens, 
 from lorakit.serve.text import TextStream
 
 __all__ = ["ARRIVAL", "Engine", "Event", "Request", "TokenLogprob"]
+
+PREFILL_CHUNK = 512  # default prefill_chunk: see Engine.__init__ and BENCHMARKS.md
 
 ARRIVAL: ContextVar[Callable[[], None] | None] = ContextVar("lorakit_arrival", default=None)
 """The current HTTP request's `Engine.arriving` callback; `submit` calls it (see there)."""
@@ -77,6 +82,8 @@ class Request:
     finished: bool = False
     submitted: float = field(default_factory=time.monotonic)
     first_token: float | None = None
+    prefilled: int = 0
+    """Prompt tokens in the backend's cache (the request is running once all are)."""
     prompt_logprobs: list[TokenLogprob | None] | None = None
     """Built while the prompt is prefilled, when params.prompt_logprobs asks for them."""
 
@@ -91,7 +98,7 @@ class Engine:
         pool: AdapterPool,
         max_batch: int = 64,
         max_context: int | None = None,
-        prefill_tokens: int = 4096,
+        prefill_chunk: int = PREFILL_CHUNK,
         metrics: Metrics | None = None,
         merged: str | None = None,
         lean: bool | None = None,
@@ -115,14 +122,19 @@ class Engine:
         self.arrival_gap = arrival_gap
         self.arrival_wait = arrival_wait
         self._arriving = 0
-        self.prefill_tokens = prefill_tokens
-        """Most prompt tokens prefilled between two decode steps, so newcomers never stall running rows for long."""
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be at least 1 (got {prefill_chunk})")
+        self.prefill_chunk = prefill_chunk
+        """Most prompt tokens in one prefill pass (for a padded backend: rows x the longest), so newcomers never
+        stall running rows for long: running rows get a token between any two passes."""
         self.metrics = metrics or Metrics()
         self.merged = merged
         """With --merge: the one adapter merged into the weights, served by plain forwards."""
         self.device = next(model.parameters()).device
         self.eos = eos_ids(model, tokenizer)
         self.waiting: deque[Request] = deque()
+        self.prefilling: list[Request] = []
+        """Admitted requests whose prompts are part-way through prefill, oldest first."""
         self.running: list[Request] = []
         self._logprob_rows = False  # whether a running row asks for logprobs (set when the rows change)
         if lean is None:
@@ -220,11 +232,11 @@ class Engine:
     def _loop(self, until: Callable[[], bool] | None) -> None:
         while True:
             with self._wake:
-                while not self._stop and not (self.waiting or self.running or self.calls):
+                while not self._stop and not (self.waiting or self.prefilling or self.running or self.calls):
                     if until is not None and until():
                         return
                     self._wake.wait(0.5 if until is not None else None)
-                if not self.running and self.waiting and self.arrival_gap > 0:
+                if not self.running and not self.prefilling and self.waiting and self.arrival_gap > 0:
                     self._gather()
                 if self._stop:
                     return
@@ -251,8 +263,9 @@ class Engine:
         with self._wake:
             waiting = list(self.waiting)
             self.waiting.clear()
-        for seq in waiting + self.running:
+        for seq in waiting + self.prefilling + self.running:
             self._finish(seq, "error", "", error=error, status=status)
+        self.prefilling = []
         self.running = []
         self._logprob_rows = False
         self.backend.reset()
@@ -261,23 +274,24 @@ class Engine:
     # ---- the engine's thread ----
 
     def step(self) -> None:
-        """One scheduling iteration: calls, admissions (with prefill), one decode step for all running rows."""
+        """One scheduling iteration: calls, one prefill pass (with admissions), one decode step for all running rows
+        (unless they took it in the prefill pass)."""
         try:
             self._run_calls()
             self._drop_cancelled()
-            if not self._admit() and self.running:
+            if not self._prefill(self._schedule()) and self.running:
                 self._decode()
         finally:
             self._set_gauges()
 
     def _set_gauges(self) -> None:
-        self.metrics.set_gauges(waiting=len(self.waiting), running=len(self.running),
+        self.metrics.set_gauges(waiting=len(self.waiting), running=len(self.running) + len(self.prefilling),
                                 adapters=sum(e.resident for e in self.pool.entries.values()),
                                 loads=self.pool.loads, evictions=self.pool.evictions)
 
     def run_until_idle(self) -> None:
         """Step until nothing is waiting or running (for tests and benchmarks that drive the engine directly)."""
-        while self.waiting or self.running or self.calls:
+        while self.waiting or self.prefilling or self.running or self.calls:
             self.step()
 
     def _run_calls(self) -> None:
@@ -295,32 +309,61 @@ class Engine:
             for seq in dropped:
                 self.waiting.remove(seq)
         gone = [s for s in self.running if s.cancelled]
-        for seq in dropped + gone:
+        halfway = [s for s in self.prefilling if s.cancelled]
+        for seq in dropped + gone + halfway:
             self._finish(seq, "cancelled", "")
         if gone:
             self._keep([s for s in self.running if not s.cancelled])
+        if halfway:
+            self.prefilling = [s for s in self.prefilling if not s.cancelled]
+            self.backend.release(halfway)
 
-    def _admit(self) -> bool:
-        """Move waiting requests into the batch, prefilling them together in one forward pass; True when the
-        running rows took this step's token in that pass (see _prefill).
+    def _schedule(self) -> list[Chunk]:
+        """This step's prefill pass: the next chunk of each prompt being prefilled, oldest first, then the first
+        chunks of waiting requests admitted into the batch (up to max_batch rows), within prefill_chunk tokens
+        (for a padded backend: chunks x the longest). A request whose adapter cannot fit yet keeps its place in
+        line."""
+        chunks: list[Chunk] = []
+        used = longest = 0
 
-        The padded prefill (rows x longest prompt) stays under prefill_tokens, so running rows are never
-        stalled long by a crowd of newcomers; a request whose adapter cannot fit yet keeps its place in line.
-        """
-        joining: list[Request] = []
+        def room(left: int) -> int:  # most tokens of one more chunk that keep the pass within prefill_chunk
+            if self.backend.padded:
+                k = len(chunks) + 1
+                return min(left, self.prefill_chunk // k) if k * longest <= self.prefill_chunk else 0
+            return min(left, self.prefill_chunk - used)
+
+        def take(seq: Request, n: int) -> None:
+            nonlocal used, longest
+            chunks.append(Chunk(seq, seq.prefilled, seq.prefilled + n, seq.params.prompt_logprobs is not None))
+            used, longest = used + n, max(longest, n)
+
+        for seq in self.prefilling:
+            n = room(len(seq.prompt) - seq.prefilled)
+            if n <= 0:
+                return chunks
+            take(seq, n)
         blocked: list[Request] = []
-        while self.waiting and len(self.running) + len(joining) < self.max_batch:
-            seq = self.waiting[0]
-            longest = max([len(s.prompt) for s in joining] + [len(seq.prompt)])
-            if joining and (len(joining) + 1) * longest > self.prefill_tokens:
+        while self.waiting and len(self.running) + len(self.prefilling) < self.max_batch:
+            n = room(len(self.waiting[0].prompt))
+            if n <= 0:
                 break
-            self.waiting.popleft()
+            seq = self.waiting.popleft()
             if not self._acquire(seq):
                 blocked.append(seq)
-            elif not seq.finished:
-                joining.append(seq)
+            elif not seq.finished and self._start(seq):
+                self.prefilling.append(seq)
+                take(seq, n)
         self.waiting.extendleft(reversed(blocked))
-        return self._prefill(joining) if joining else False
+        return chunks
+
+    def _start(self, seq: Request) -> bool:
+        """Give an admitted request its random generator; False (the request ended) for a seed torch cannot take."""
+        try:
+            seq.generator = seq.params.generator(self.device)
+        except Exception as e:
+            self._finish(seq, "error", "", error=f"invalid seed {seq.params.seed!r}: {e}", status=400)
+            return False
+        return True
 
     def _acquire(self, seq: Request) -> bool:
         """Reserve the request's adapter (loading it if evicted); False if it must wait for room.
@@ -344,34 +387,41 @@ class Engine:
             return True
         return seq.key is not None
 
-    def _prefill(self, rows: list[Request]) -> bool:
-        """Prefill newcomers; True when the running rows took this step's token in the same pass (where the
-        backend's decode_in_prefill allows it: one pass over the weights instead of a prefill and a decode step)."""
-        ready = []
-        for seq in rows:
-            try:
-                seq.generator = seq.params.generator(self.device)
-                ready.append(seq)
-            except Exception as e:  # a seed torch cannot take
-                self._finish(seq, "error", "", error=f"invalid seed {seq.params.seed!r}: {e}", status=400)
+    def _prefill(self, chunks: list[Chunk]) -> bool:
+        """Run a prefill pass; requests whose prompt it completes join the running rows with their first token.
+        True when the running rows took this step's token in the same pass (where the backend's decode_in_prefill
+        allows it: one pass over the weights instead of a prefill and a decode step)."""
+        if not chunks:
+            return False
         carried = list(self.running) if self.backend.decode_in_prefill else []
-        chunks = [Chunk(s, 0, len(s.prompt), s.params.prompt_logprobs is not None) for s in ready]
         done = self._guarded(self.backend.prefill, chunks, carried)
         if done is None:
             return bool(carried)
         (logits, every), chunks, carried = done
-        self.running.extend(c.row for c in chunks)
-        self._logprob_rows = any(s.params.logprobs is not None for s in self.running)
-        for chunk, full in zip(chunks, every, strict=True):
+        ready, rows = [], list(carried)
+        for i, (chunk, full) in enumerate(zip(chunks, every, strict=True)):
+            seq = chunk.row
+            seq.prefilled = chunk.end
             if full is not None:
                 try:
                     self._add_prompt_logprobs(chunk, full)
                 except Exception as e:
-                    self._fail(chunk.row, f"the request failed computing its prompt logprobs ({type(e).__name__}: "
-                                          f"{e})", 500)
+                    self._fail(seq, f"the request failed computing its prompt logprobs ({type(e).__name__}: {e})",
+                               500)
+                    continue
+            if chunk.end == len(seq.prompt):
+                ready.append(len(carried) + i)
+                rows.append(seq)
+        if len(rows) > len(carried):
+            joined = {id(s) for s in rows[len(carried) :]}
+            self.prefilling = [s for s in self.prefilling if id(s) not in joined]
+            self.running.extend(rows[len(carried) :])
+            self._logprob_rows = any(s.params.logprobs is not None for s in self.running)
         if carried:
-            self.metrics.observe_batch(len(carried) + len(chunks))
-        self._emit(carried + [c.row for c in chunks], logits)
+            self.metrics.observe_batch(len(rows))
+        if rows:
+            keep = list(range(len(carried))) + ready
+            self._emit(rows, logits if len(keep) == logits.shape[0] else logits[torch.tensor(keep)])
         return bool(carried)
 
     @staticmethod
@@ -430,6 +480,7 @@ class Engine:
         if any(s is seq for s in self.running):
             self._keep([s for s in self.running if s is not seq])
         else:
+            self.prefilling = [s for s in self.prefilling if s is not seq]
             self.backend.release([seq])
 
     def _emit(self, rows: list[Request], logits: torch.Tensor) -> None:

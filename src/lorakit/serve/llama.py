@@ -13,8 +13,8 @@ whatever else is in the batch (each checked in tests/serve/test_lean_llama.py):
 - RMSNorm, and RoPE with the writes of each row's key and value into its cache slot, in one C kernel call each
   (kernels.rms_norm, kernels.rope_cache: transformers' bf16 results bit for bit);
 - prompts prefilled together are packed into one batch, each through products of proven row counts, its own
-  LoRA and its own causal attention (up to SHORT_PROMPT tokens in the decode-attention kernel, longer prompts
-  through sdpa, batched with the prompts of their length);
+  LoRA and its own causal attention (each token in the decode-attention kernel, over its prompt's keys up to its
+  own), so that a prompt gives the same bits packed or alone, whole or in chunks;
 - where a prefill's row counts give each row a decode step's bits (LeanLlama.decode_in_prefill), running rows
   take their decode step inside the newcomers' prefill: one pass over the weights instead of two.
 
@@ -37,8 +37,6 @@ from lorakit.serve.factors import ATTN, MLP, LoraTables, PromptRows, RowGroup
 from lorakit.serve.kv import SlotCache
 from lorakit.serve.packed import PREFILL_MAX, PREFILL_ROWS, ROWS, Packed, exact_counts
 from lorakit.serve.rope import RopeTable
-
-SHORT_PROMPT = 64  # prompts up to this long attend in the decode kernel when prefilled, longer ones through sdpa
 
 
 def unsupported(model: nn.Module) -> str | None:
@@ -209,53 +207,14 @@ class LeanLlama:
         cos, sin = self.rope.tables(positions)
         hd, nq, nkv = self.head_dim, self.heads, self.kv_heads
         token_slots = torch.tensor(slots).repeat_interleave(torch.tensor(sizes))  # each token's cache slot
-        # Attention, by each prompt's own length (so a prompt takes the same path alone or packed): prompts of up to
-        # SHORT_PROMPT tokens in one decode_attention call per layer, each token over its prompt's keys up to its
-        # own, just written to the cache (each row on its own); longer ones through sdpa, those of one length
-        # batched (sdpa's rows do not depend on the batch: each prompt's heads are separate work items). Checked
-        # alone against packed in tests/serve/test_lean_llama.py.
-        def rows_of(members: list[int]) -> torch.Tensor | None:
-            if len(members) == len(sizes):
-                return None
-            return torch.cat([torch.arange(*prompt_rows.bounds[j]) for j in members])
-
-        # A continued slot's tokens attend in the decode kernel too, as a decode step's do.
-        short_members = [j for j, (n, start) in enumerate(zip(sizes, starts, strict=True))
-                         if n <= SHORT_PROMPT or start]
-        short = rows_of(short_members) if short_members else None  # their tokens (None: every token)
-        short_slots = token_slots if short is None else token_slots[short]
-        short_keys = (positions if short is None else positions[short]) + 1  # each token's keys, its own included
-        by_length: dict[int, list[int]] = {}
-        for j, (n, start) in enumerate(zip(sizes, starts, strict=True)):
-            if n > SHORT_PROMPT and not start:
-                by_length.setdefault(n, []).append(j)
-        groups = [(n, len(members), rows_of(members)) for n, members in by_length.items()]
+        keys = positions + 1  # each token attends over its prompt's keys up to its own, just written to the cache
         for i, block in enumerate(self.blocks):
             qkv = self._project(block.qkv, self._rms(h, block.norm1, block.qkv.padded_input(total, PREFILL_ROWS)),
                                 tables[i].get("qkv"), prompt_rows)
             kernels.rope_cache(qkv, nq, nkv, cos, sin, positions, token_slots, cache.keys[i], cache.values[i])
-            qk = qkv[:, : (nq + nkv) * hd].view(total, nq + nkv, hd)  # q and k rotated in place
-            v = qkv[:, (nq + nkv) * hd :].view(total, nkv, hd)
-            out = None
-            if short_members:
-                q = qkv[:, : nq * hd] if short is None else qkv.index_select(0, short)[:, : nq * hd]
-                got = kernels.decode_attention(q, cache.keys[i], cache.values[i], short_slots, short_keys, nkv)
-                if short is None:
-                    out = got
-                else:
-                    out = h.new_empty(total, nq * hd)
-                    out.index_copy_(0, short, got)
-            for n, count, tokens in groups:
-                q_g, v_g = (qk, v) if tokens is None else (qk.index_select(0, tokens), v.index_select(0, tokens))
-                q_g = q_g.view(count, n, nq + nkv, hd).transpose(1, 2)  # (prompts, H+KV, T, D)
-                v_g = v_g.view(count, n, nkv, hd).transpose(1, 2)
-                got = F.scaled_dot_product_attention(q_g[:, :nq], q_g[:, nq:], v_g, is_causal=True, enable_gqa=True)
-                got = got.transpose(1, 2).reshape(count * n, nq * hd)
-                if tokens is None:
-                    out = got
-                else:
-                    out = h.new_empty(total, nq * hd) if out is None else out
-                    out.index_copy_(0, tokens, got)
+            # Each token on its own, as a decode step's: a prompt's result is the same packed or alone, whole or in
+            # chunks (a chunk's tokens find the earlier chunks' keys in the cache).
+            out = kernels.decode_attention(qkv[:, : nq * hd], cache.keys[i], cache.values[i], token_slots, keys, nkv)
             h = self._block_rest(block, tables[i], h, out, prompt_rows)
         for slot, start, n in zip(slots, starts, sizes, strict=True):
             cache.lengths[slot] = start + n
