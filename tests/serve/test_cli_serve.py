@@ -66,9 +66,10 @@ def test_listening_beyond_loopback_needs_a_key_or_an_explicit_allow_unauthentica
         assert parse("--host", host).api_key is None
 
 
-def test_adapter_memory_has_a_default_budget_that_null_lifts(model_dir):
+def test_adapter_memory_has_a_default_budget_that_null_lifts_and_prefill_chunk_reaches_the_engine(model_dir):
     assert parse().adapter_memory == 1024
     assert build_service(parse("--model", str(model_dir))).pool.budget_bytes == 1024 * 2**20
+    assert build_service(parse("--model", str(model_dir), "--prefill-chunk", "32")).engine.prefill_chunk == 32
     assert build_service(parse("--model", str(model_dir), "--adapter-memory", "null")).pool.budget_bytes is None
 
 

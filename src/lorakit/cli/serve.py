@@ -54,6 +54,9 @@ class ServeOptions(Schema):
     ~2x the fp32 throughput), else float32."""
     max_batch: int = Field(64, ge=1)
     """Most requests decoded together."""
+    prefill_chunk: int | None = Field(None, ge=1)
+    """Most prompt tokens prefilled between two decode steps of running requests, so that a long prompt never
+    stalls their streams for long (null: the engine's default)."""
     threads: int | None = Field(None, ge=1)
     """Torch CPU threads (null: torch's choice)."""
     max_model_len: int | None = Field(None, ge=1)
@@ -151,7 +154,9 @@ def build_service(o: ServeOptions):
     if o.merge:
         merged = next(iter(adapters))
         lorakit.merge(model, pool.entries[merged].key)
-    engine = Engine(model, tokenizer, pool, max_batch=o.max_batch, max_context=o.max_model_len, merged=merged)
+    chunk = {} if o.prefill_chunk is None else {"prefill_chunk": o.prefill_chunk}
+    engine = Engine(model, tokenizer, pool, max_batch=o.max_batch, max_context=o.max_model_len, merged=merged,
+                    **chunk)
     # /v1/models shows the base model's directory as its root: where a client such as lm-eval finds the tokenizer.
     local = Path(o.model)
     root = str(local.resolve()) if local.exists() else getattr(tokenizer, "name_or_path", None)
