@@ -34,12 +34,16 @@ from lorakit.serve.pool import AdapterPool
 from lorakit.serve.sampling import SamplingParams, TokenLogprob, choose_tokens, token_logprobs
 from lorakit.serve.text import TextStream
 
-__all__ = ["ARRIVAL", "Engine", "Event", "Request", "TokenLogprob"]
+__all__ = ["ARRIVAL", "Engine", "Event", "Request", "ShuttingDown", "TokenLogprob"]
 
 PREFILL_CHUNK = 512  # default prefill_chunk: see Engine.__init__ and BENCHMARKS.md
 
 ARRIVAL: ContextVar[Callable[[], None] | None] = ContextVar("lorakit_arrival", default=None)
 """The current HTTP request's `Engine.arriving` callback; `submit` calls it (see there)."""
+
+
+class ShuttingDown(lorakit.LoraError):
+    """The engine is draining or stopped and takes no new requests."""
 
 
 @dataclass
@@ -147,14 +151,19 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._serving = False
         self._stop = False
+        self._closed = False  # draining or stopped: submit refuses
 
     # ---- called from any thread ----
 
     def submit(self, prompt: list[int], adapter: str | None, params: SamplingParams,
                on_event: Callable[[Event], None]) -> Request:
-        """Queue a request; `on_event` is called on the engine's thread with each piece of output."""
+        """Queue a request; `on_event` is called on the engine's thread with each piece of output. ShuttingDown
+        once the engine drains or has stopped."""
         seq = Request(next(self._ids), list(prompt), adapter, params, on_event, TextStream(self.tokenizer, params.stop))
         with self._wake:
+            if self._closed:
+                raise ShuttingDown("the server is shutting down and takes no new requests; retry on another "
+                                   "instance or after it restarts")
             self.waiting.append(seq)
             self._wake.notify()
         arrived = ARRIVAL.get()
@@ -219,9 +228,33 @@ class Engine:
         finally:
             self._serving = False
 
+    def drain(self, timeout: float) -> bool:
+        """Stop taking requests (submit raises ShuttingDown), let those waiting and running finish, and after
+        `timeout` seconds end the rest with an error (status 503); True when all finished in time. Callable from
+        any thread; steps the engine itself where nothing runs its loop."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        deadline = time.monotonic() + timeout
+        while self._busy() and time.monotonic() < deadline:
+            if self._serving:
+                with self._wake:
+                    self._wake.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            else:
+                self.step()
+        if not self._busy():
+            return True
+        error = f"the server is shutting down; the request did not finish within --drain-timeout={timeout:g}s"
+        self.call(lambda: self._fail_all(error, 503)).result()
+        return False
+
+    def _busy(self) -> bool:
+        return bool(self.waiting or self.prefilling or self.running)
+
     def stop(self) -> None:
         """Stop the thread; requests still waiting or running end with an error."""
         with self._wake:
+            self._closed = True
             self._stop = True
             self._wake.notify()
         if self._thread is not None:
@@ -244,6 +277,9 @@ class Engine:
                 self.step()
             except Exception as e:  # a failure no request is known to cause: fail those in flight, keep serving
                 self._fail_all(f"the engine failed: {type(e).__name__}: {e}", 500)
+            if not self._busy():
+                with self._wake:
+                    self._wake.notify_all()  # a drain waiting for the last request
 
     def _gather(self) -> None:
         """Hold an idle engine's first admission while requests are on their way or arrived within arrival_gap
