@@ -41,8 +41,8 @@ def test_every_serve_option_comes_from_the_schema_with_its_doc_as_help(capsys):
         assert f"--{name.replace('_', '-')}" in text, name
         assert " ".join(prop["description"].split())[:40] in text, name
     assert parse().max_body * 2**20 == MAX_BODY  # the command's default is the library's
-    o = parse("--adapter", "a=x", "--adapter", "b=y", "--max-body", "0.5")
-    assert o.adapter == ["a=x", "b=y"] and o.max_body == 0.5
+    o = parse("--adapter", "a=x", "--adapter", "b=y", "--max-body", "0.5", "--drain-timeout", "2")
+    assert o.adapter == ["a=x", "b=y"] and o.max_body == 0.5 and o.drain_timeout == 2
 
 
 def test_an_empty_api_key_refuses_to_start_from_the_flag_or_the_environment(monkeypatch):

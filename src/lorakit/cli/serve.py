@@ -1,7 +1,8 @@
 """`lorakit serve`: one base model, many LoRA adapters, an OpenAI-compatible HTTP API (FastAPI + uvicorn).
 
 Safe by default: the server listens on loopback; a key (--api-key or LORAKIT_API_KEY) is needed to listen
-elsewhere unless --allow-unauthenticated says so; resident adapter weights have a budget.
+elsewhere unless --allow-unauthenticated says so; resident adapter weights have a budget; SIGTERM or SIGINT drain
+the requests in flight before exiting.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class ServeOptions(Schema):
     """Context length limit in tokens (null: the model's)."""
     max_body: float = Field(4.0, gt=0)
     """Largest request body in MiB; a larger one is refused (413) before it is read in full."""
+    drain_timeout: float = Field(30.0, ge=0)
+    """Seconds SIGTERM or SIGINT give requests in flight to finish; those still running then end with an error
+    and the exit status is 128 + the signal's number (143 for SIGTERM) instead of 0."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     """uvicorn's log level."""
 
@@ -173,5 +177,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"lorakit serve: {service.base_name} on {engine.device} ({forward} forward) with adapters "
           f"{service.pool.names() or 'none'}{' (merged)' if engine.merged else ''}; http://{o.host}:{o.port}/",
           flush=True)
-    serve(service, o.host, o.port, o.api_key, log_level=o.log_level, max_body=int(o.max_body * 2**20))
-    return 0
+    return serve(service, o.host, o.port, o.api_key, log_level=o.log_level, max_body=int(o.max_body * 2**20),
+                 drain_timeout=o.drain_timeout)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -195,22 +197,74 @@ class ApiKeyCheck:
 
 
 def serve(service: Service, host: str, port: int, api_key: str | None = None, log_level: str = "info",
-          until: Callable[[], bool] | None = None, max_body: int = MAX_BODY) -> None:
-    """Serve HTTP (uvicorn) on a background thread and run the engine on this one, until Ctrl-C, the server
-    stops or `until()` is true. The engine belongs on the thread that loaded the model: see Engine.run."""
-    import threading
+          until: Callable[[], bool] | None = None, max_body: int = MAX_BODY, drain_timeout: float = 30.0) -> int:
+    """Serve HTTP (uvicorn) on a background thread and run the engine on this one until SIGTERM or SIGINT (when
+    called from the main thread), the server stops, or `until()` is true. The engine belongs on the thread that
+    loaded the model: see Engine.run.
 
+    A signal drains: no new connections, requests in flight finish within drain_timeout seconds (then they end
+    with an error), a second signal stops at once. Returns the exit status: 0, or 128 + the signal's number
+    when requests had to be cut short.
+    """
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(create_app(service, api_key, start_engine=False, max_body=max_body),
-                                           host=host, port=port, log_level=log_level))
+    config = uvicorn.Config(create_app(service, api_key, start_engine=False, max_body=max_body), host=host,
+                            port=port, log_level=log_level, timeout_graceful_shutdown=int(drain_timeout) + 5)
+    server = uvicorn.Server(config)
     http = threading.Thread(target=server.run, name="lorakit-http", daemon=True)
+    drain = Drain(server, http, service.engine, drain_timeout)
+    handled = (signal.SIGTERM, signal.SIGINT)
+    before = {s: signal.signal(s, drain.on_signal) for s in handled} if _main_thread() else {}
     http.start()
     try:
-        service.engine.run(until=lambda: not http.is_alive() or (until is not None and until()))
-    except KeyboardInterrupt:
-        pass
+        service.engine.run(until=lambda: drain.done.is_set() or not http.is_alive() or (until is not None and until()))
     finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
         server.should_exit = True
-        http.join(timeout=30)
+        http.join(timeout=drain_timeout + 10)
         service.engine.stop()
+    return drain.status()
+
+
+class Drain:
+    """What SIGTERM and SIGINT do to a running server: stop accepting, let requests in flight finish (at most
+    `timeout` seconds, Engine.drain), let HTTP send their last bytes, then end serve()."""
+
+    def __init__(self, server, http: threading.Thread, engine, timeout: float):
+        self.server = server
+        self.http = http
+        self.engine = engine
+        self.timeout = timeout
+        self.signum: int | None = None
+        self.cut_short = False
+        self.done = threading.Event()
+
+    def on_signal(self, signum: int, _frame) -> None:
+        if self.signum is not None:  # a second signal: stop now
+            log.warning("lorakit serve: second signal; stopping without waiting for requests in flight")
+            self.cut_short = True
+            self.server.force_exit = True
+            self.done.set()
+            return
+        self.signum = signum
+        threading.Thread(target=self._drain, name="lorakit-drain", daemon=True).start()
+
+    def _drain(self) -> None:
+        name = signal.Signals(self.signum).name
+        log.warning("lorakit serve: %s: finishing requests in flight (up to %g s; a second signal stops now)",
+                    name, self.timeout)
+        self.server.should_exit = True  # uvicorn closes the listener, finishes open responses, closes idle ones
+        finished = self.engine.drain(self.timeout)
+        self.cut_short = self.cut_short or not finished
+        self.http.join(timeout=10)  # the responses that carry the last events (or the 503s) go out
+        log.warning("lorakit serve: %s", "drained" if finished else "drain timed out; requests still running "
+                    f"after --drain-timeout={self.timeout:g}s ended with an error")
+        self.done.set()
+
+    def status(self) -> int:
+        return 128 + self.signum if self.signum is not None and self.cut_short else 0
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from lorakit.core.errors import LoraError
 from lorakit.serve.delivery import Mailbox, Run, until, wait_for_disconnect
-from lorakit.serve.engine import Engine, Event
+from lorakit.serve.engine import Engine, Event, ShuttingDown
 from lorakit.serve.protocol import (
     MAX_PROMPTS,
     MAX_ROWS,
@@ -238,8 +238,14 @@ class Service:
         def listener(i: int) -> Callable[[Event], None]:
             return lambda event: mailbox.put(queue, (i, event))
 
-        requests = [self.engine.submit(job.prompt, plan.adapter, job.params, listener(i))
-                    for i, job in enumerate(plan.jobs)]
+        requests = []
+        try:
+            for i, job in enumerate(plan.jobs):
+                requests.append(self.engine.submit(job.prompt, plan.adapter, job.params, listener(i)))
+        except ShuttingDown as e:
+            for r in requests:
+                self.engine.cancel(r)
+            raise ServeError(503, str(e)) from e
         return Run(self.engine, queue, requests)
 
     def _mailbox(self, loop: asyncio.AbstractEventLoop) -> Mailbox:
