@@ -145,6 +145,11 @@ class Engine:
             lean = next(model.parameters()).dtype == torch.bfloat16 and unsupported(model) is None
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.backend: Backend = LeanBackend(model) if lean else TransformersBackend(model, pad, merged is not None)
+        # Adapters are checked against this forward as they load (AdapterPool.check), those loaded already here.
+        pool.check = self.backend.check
+        for entry in list(pool.entries.values()):
+            if entry.resident and entry.name != merged:
+                self.backend.check(entry.key)
         self.calls: deque[tuple[Callable[[], object], Future]] = deque()
         self._ids = itertools.count(1)
         self._wake = threading.Condition()
