@@ -223,18 +223,23 @@ def test_without_the_lora_kernel_the_engine_serves_through_transformers(tmp_path
     (lorakit.LoraConfig(rank=4, targets=("v_proj",), modules_to_save=("lm_head",)), "lm_head"),
     (lorakit.LoraConfig(rank=520, targets=("q_proj", "v_proj")), "self_attn.qkv"),  # 1040 ranks in one product
 ])
-def test_an_adapter_the_lean_forward_cannot_apply_is_an_error_naming_the_module(tmp_path, config, problem):
+def test_an_adapter_the_lean_forward_cannot_apply_is_refused_at_load_naming_the_module(tmp_path, config, problem):
     path = save_adapter(tmp_path / "odd", config, seed=3)
     model = tiny_model().to(torch.bfloat16)
     pool = AdapterPool(model, tmp_path)
-    pool.add("odd", path)
     engine = Engine(model, tiny_tokenizer(), pool)
+    with pytest.raises(lorakit.AdapterError, match="--dtype float32 to use the transformers forward") as e:
+        pool.add("odd", path)
+    assert problem in str(e.value)
+    assert not pool.names() and not lorakit.core.inject.state_of(model).names  # refused: nothing loaded
     events: list[Event] = []
-    engine.submit([5, 6, 7], "odd", SamplingParams(max_tokens=4, temperature=0), events.append)
+    engine.submit([5, 6, 7], None, SamplingParams(max_tokens=4, temperature=0), events.append)
     engine.run_until_idle()
-    assert events[-1].finish_reason == "error"
-    assert problem in events[-1].error and "--dtype float32" in events[-1].error
-    assert not engine.pool.in_use  # the refused request gave its adapter back
+    assert events[-1].finish_reason in ("length", "stop")
+    trusted = AdapterPool(model, tmp_path)
+    trusted.add("odd", path, trusted=True)  # as `lorakit serve --adapter` loads before the engine exists
+    with pytest.raises(lorakit.AdapterError, match=problem):
+        Engine(model, tiny_tokenizer(), trusted)
 
 
 def test_a_lean_engine_built_after_a_merge_serves_the_merged_weights(tmp_path):
