@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from lorakit.core.errors import LoraError
 from lorakit.serve.delivery import Mailbox, Run, until, wait_for_disconnect
 from lorakit.serve.engine import Engine, Event, ShuttingDown
+from lorakit.serve.pool import AdapterNotFound
 from lorakit.serve.protocol import (
     MAX_PROMPTS,
     MAX_ROWS,
@@ -117,10 +118,12 @@ class Service:
                                   f"({type(e).__name__}); give a directory under the adapter root", "lora_path") from e
 
     async def unload_adapter(self, name: str) -> None:
-        if not self.pool.contains(name):
+        """Unload adapter `name`; of concurrent unloads of one adapter, one succeeds and the others are 404s."""
+        try:
+            await asyncio.wrap_future(self.engine.call(lambda: self.pool.remove(name)))
+        except AdapterNotFound:
             raise ServeError(404, f"The lora adapter '{name}' cannot be found. Loaded: {self.pool.names()}",
-                             "lora_name")
-        await asyncio.wrap_future(self.engine.call(lambda: self.pool.remove(name)))
+                             "lora_name") from None
 
     # ---- preparing (any thread) ----
 
