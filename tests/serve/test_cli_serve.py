@@ -3,6 +3,7 @@ base-model latency, nothing else)."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -158,3 +159,12 @@ def test_serve_runs_the_engine_on_the_calling_thread_with_http_beside_it(model_d
         stop.set()
         caller.join(20)
     assert not caller.is_alive() and set(engine_threads) == {"caller"}
+
+
+def test_a_port_already_in_use_is_an_error_not_a_silent_exit(model_dir):
+    service = build_service(parse("--model", str(model_dir)))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ConfigError, match="could not listen"):
+            serve(service, "127.0.0.1", taken.getsockname()[1], log_level="critical")

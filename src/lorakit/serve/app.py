@@ -17,6 +17,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 
+from lorakit.core.errors import ConfigError
 from lorakit.serve.engine import ARRIVAL
 from lorakit.serve.protocol import LoadLoraRequest, ServeError, UnloadLoraRequest, error_body, parse
 from lorakit.serve.service import Service
@@ -204,14 +205,14 @@ def serve(service: Service, host: str, port: int, api_key: str | None = None, lo
 
     A signal drains: no new connections, requests in flight finish within drain_timeout seconds (then they end
     with an error), a second signal stops at once. Returns the exit status: 0, or 128 + the signal's number
-    when requests had to be cut short.
+    when requests had to be cut short; ConfigError when the server could not listen.
     """
     import uvicorn
 
     config = uvicorn.Config(create_app(service, api_key, start_engine=False, max_body=max_body), host=host,
                             port=port, log_level=log_level, timeout_graceful_shutdown=int(drain_timeout) + 5)
     server = uvicorn.Server(config)
-    http = threading.Thread(target=server.run, name="lorakit-http", daemon=True)
+    http = threading.Thread(target=_run_http, args=(server,), name="lorakit-http", daemon=True)
     drain = Drain(server, http, service.engine, drain_timeout)
     handled = (signal.SIGTERM, signal.SIGINT)
     before = {s: signal.signal(s, drain.on_signal) for s in handled} if _main_thread() else {}
@@ -224,6 +225,9 @@ def serve(service: Service, host: str, port: int, api_key: str | None = None, lo
         server.should_exit = True
         http.join(timeout=drain_timeout + 10)
         service.engine.stop()
+    if not server.started:
+        raise ConfigError(f"the HTTP server could not listen on {host}:{port} (uvicorn says why above); choose "
+                          f"another --port or --host")
     return drain.status()
 
 
@@ -264,6 +268,13 @@ class Drain:
 
     def status(self) -> int:
         return 128 + self.signum if self.signum is not None and self.cut_short else 0
+
+
+def _run_http(server) -> None:
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when it cannot bind, having logged why; serve() reports it
+        pass
 
 
 def _main_thread() -> bool:
