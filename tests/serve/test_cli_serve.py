@@ -1,8 +1,9 @@
-"""`lorakit serve` wiring: arguments, startup adapters, --merge (one adapter at base-model latency, nothing else)."""
+"""`lorakit serve` wiring: options from the schema, safe defaults, startup adapters, --merge (one adapter at
+base-model latency, nothing else)."""
 
 from __future__ import annotations
 
-import argparse
+import socket
 import threading
 import time
 
@@ -10,11 +11,15 @@ import httpx
 import openai
 import pytest
 import torch
+from commands import parse as parse_command
+from commands import run_cli
 from serve_support import free_port, make_adapters, running_server, tiny_model, tiny_tokenizer
 
 from lorakit import ConfigError
-from lorakit.cli.serve import add_parser, build_service, parse_adapters
-from lorakit.serve.app import create_app, serve
+from lorakit.cli import build_parser
+from lorakit.cli.options import fields
+from lorakit.cli.serve import ServeOptions, build_service, parse_adapters, serve_options
+from lorakit.serve.app import MAX_BODY, create_app, serve
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +30,48 @@ def model_dir(tmp_path_factory):
     return d
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    add_parser(p)
-    return p.parse_args(list(argv))
+def parse(*argv: str) -> ServeOptions:
+    return serve_options(parse_command("serve", list(argv)))
+
+
+def test_every_serve_option_comes_from_the_schema_with_its_doc_as_help(capsys):
+    with pytest.raises(SystemExit):
+        build_parser("serve").parse_args(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, prop in fields(ServeOptions).items():
+        assert f"--{name.replace('_', '-')}" in text, name
+        assert " ".join(prop["description"].split())[:40] in text, name
+    assert parse().max_body * 2**20 == MAX_BODY  # the command's default is the library's
+    o = parse("--adapter", "a=x", "--adapter", "b=y", "--max-body", "0.5", "--drain-timeout", "2")
+    assert o.adapter == ["a=x", "b=y"] and o.max_body == 0.5 and o.drain_timeout == 2
+
+
+def test_an_empty_api_key_refuses_to_start_from_the_flag_or_the_environment(monkeypatch):
+    with pytest.raises(ConfigError, match="empty API key"):
+        run_cli("serve", ["--api-key", ""])
+    monkeypatch.setenv("LORAKIT_API_KEY", " ")
+    with pytest.raises(ConfigError, match="empty API key"):
+        run_cli("serve", [])
+    monkeypatch.setenv("LORAKIT_API_KEY", "0123")
+    assert parse().api_key == "0123" and parse("--api-key", "yes").api_key == "yes"
+
+
+def test_listening_beyond_loopback_needs_a_key_or_an_explicit_allow_unauthenticated(monkeypatch):
+    monkeypatch.delenv("LORAKIT_API_KEY", raising=False)
+    for host in ("0.0.0.0", "::", "192.168.1.5", "example.org"):
+        with pytest.raises(ConfigError, match="--allow-unauthenticated"):
+            parse("--host", host)
+        assert parse("--host", host, "--allow-unauthenticated").host == host
+        assert parse("--host", host, "--api-key", "k").api_key == "k"
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        assert parse("--host", host).api_key is None
+
+
+def test_adapter_memory_has_a_default_budget_that_null_lifts_and_prefill_chunk_reaches_the_engine(model_dir):
+    assert parse().adapter_memory == 1024
+    assert build_service(parse("--model", str(model_dir))).pool.budget_bytes == 1024 * 2**20
+    assert build_service(parse("--model", str(model_dir), "--prefill-chunk", "32")).engine.prefill_chunk == 32
+    assert build_service(parse("--model", str(model_dir), "--adapter-memory", "null")).pool.budget_bytes is None
 
 
 def test_malformed_adapter_options_are_all_reported_at_once():
@@ -116,3 +159,12 @@ def test_serve_runs_the_engine_on_the_calling_thread_with_http_beside_it(model_d
         stop.set()
         caller.join(20)
     assert not caller.is_alive() and set(engine_threads) == {"caller"}
+
+
+def test_a_port_already_in_use_is_an_error_not_a_silent_exit(model_dir):
+    service = build_service(parse("--model", str(model_dir)))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ConfigError, match="could not listen"):
+            serve(service, "127.0.0.1", taken.getsockname()[1], log_level="critical")

@@ -203,7 +203,7 @@ def test_an_idle_engine_waits_for_requests_on_their_way_and_prefills_them_togeth
     engine = engine_with(adapters, arrival_wait=30.0)  # only `arrived()` may end this wait in time
     sizes: list[int] = []
     prefill = engine._prefill
-    monkeypatch.setattr(engine, "_prefill", lambda rows: sizes.append(len(rows)) or prefill(rows))
+    monkeypatch.setattr(engine, "_prefill", lambda chunks: (chunks and sizes.append(len(chunks))) or prefill(chunks))
     done = [threading.Event() for _ in range(3)]
     engine.start()
     try:

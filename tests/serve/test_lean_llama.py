@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import random
 
 import openai
@@ -70,9 +71,8 @@ def test_targets_of_one_adapter_with_different_scalings_get_each_their_own():
 
 def test_every_row_is_bit_identical_alone_and_in_any_batch():
     """51 rows (more than one product takes), three adapter choices of different ranks, prompts of 1 to 80
-    tokens (up to llama.SHORT_PROMPT through the decode-attention kernel, longer ones through sdpa, three of one
-    long length attending in one batched call; two attention widths) prefilled alone and packed together, rows in
-    another order than their cache slots, slots reused."""
+    tokens (two attention widths, three of one long length) prefilled alone and packed together, rows in another
+    order than their cache slots, slots reused."""
     model = adapted_model()
     lean = LeanLlama(model)
     rng = random.Random(0)
@@ -91,7 +91,7 @@ def test_every_row_is_bit_identical_alone_and_in_any_batch():
         return out
 
     expected = [alone(*job) for job in jobs]
-    longs = [i for i, (prompt, _) in enumerate(jobs) if len(prompt) == 70]  # one sdpa call for the three
+    longs = [i for i, (prompt, _) in enumerate(jobs) if len(prompt) == 70]  # the three packed together
     together, logits = lean.prefill([jobs[i][0] for i in longs], [jobs[i][1] for i in longs])
     assert all(torch.equal(logits[k], expected[i][0]) for k, i in enumerate(longs))
     for slot in together:
@@ -223,18 +223,23 @@ def test_without_the_lora_kernel_the_engine_serves_through_transformers(tmp_path
     (lorakit.LoraConfig(rank=4, targets=("v_proj",), modules_to_save=("lm_head",)), "lm_head"),
     (lorakit.LoraConfig(rank=520, targets=("q_proj", "v_proj")), "self_attn.qkv"),  # 1040 ranks in one product
 ])
-def test_an_adapter_the_lean_forward_cannot_apply_is_an_error_naming_the_module(tmp_path, config, problem):
+def test_an_adapter_the_lean_forward_cannot_apply_is_refused_at_load_naming_the_module(tmp_path, config, problem):
     path = save_adapter(tmp_path / "odd", config, seed=3)
     model = tiny_model().to(torch.bfloat16)
     pool = AdapterPool(model, tmp_path)
-    pool.add("odd", path)
     engine = Engine(model, tiny_tokenizer(), pool)
+    with pytest.raises(lorakit.AdapterError, match="--dtype float32 to use the transformers forward") as e:
+        pool.add("odd", path)
+    assert problem in str(e.value)
+    assert not pool.names() and not lorakit.core.inject.state_of(model).names  # refused: nothing loaded
     events: list[Event] = []
-    engine.submit([5, 6, 7], "odd", SamplingParams(max_tokens=4, temperature=0), events.append)
+    engine.submit([5, 6, 7], None, SamplingParams(max_tokens=4, temperature=0), events.append)
     engine.run_until_idle()
-    assert events[-1].finish_reason == "error"
-    assert problem in events[-1].error and "--dtype float32" in events[-1].error
-    assert not engine.pool.in_use  # the refused request gave its adapter back
+    assert events[-1].finish_reason in ("length", "stop")
+    trusted = AdapterPool(model, tmp_path)
+    trusted.add("odd", path, trusted=True)  # as `lorakit serve --adapter` loads before the engine exists
+    with pytest.raises(lorakit.AdapterError, match=problem):
+        Engine(model, tiny_tokenizer(), trusted)
 
 
 def test_a_lean_engine_built_after_a_merge_serves_the_merged_weights(tmp_path):
@@ -328,7 +333,7 @@ def test_a_running_row_continued_as_a_one_token_prompt_gets_its_decode_step_bits
     rng = random.Random(1)
     prompts = [[rng.randrange(5, 260) for _ in range(n)] for n in (3, 9, 1)]
     names = ["a", None, "b"]
-    newcomers = [[rng.randrange(5, 260) for _ in range(n)] for n in (4, 70)]  # 70: a long prompt, through sdpa
+    newcomers = [[rng.randrange(5, 260) for _ in range(n)] for n in (4, 70)]  # 70: past the first cache bucket
     results = []
     for joined in (False, True):
         slots, logits = lean.prefill(prompts, names)
@@ -345,6 +350,29 @@ def test_a_running_row_continued_as_a_one_token_prompt_gets_its_decode_step_bits
         lean.reset()
     (decoded, after), (joined, after_joined) = results
     assert torch.equal(decoded, joined) and torch.equal(after, after_joined)
+
+
+def test_a_prompt_prefilled_in_chunks_gives_the_bits_it_gives_whole():
+    """A long prompt's chunks continue its slot: every token attends over the keys the earlier chunks wrote, as
+    over its own prompt's when prefilled whole, and its logits at every position are the same bits."""
+    model = adapted_model()
+    lean = LeanLlama(model)
+    rng = random.Random(3)
+    prompt = [rng.randrange(5, 260) for _ in range(90)]
+    (whole,), h_whole, _ = lean.hidden([prompt], ["b"])
+    whole_next = lean.decode([whole], [7], ["b"])
+    cuts = [0, 1, 17, 64, 65, 90]  # chunk edges across the cache's 64-token bucket
+    slot = None
+    pieces = []
+    for start, end in itertools.pairwise(cuts):
+        other = [rng.randrange(5, 260) for _ in range(start % 7 + 1)]  # packed beside an unrelated prompt
+        slots, h, ends = lean.hidden([prompt[start:end], other], ["b", "a"], [slot, None])
+        slot = slots[0]
+        lean.release(slots[1])
+        pieces.append(h[: ends[0]])
+    assert torch.equal(torch.cat(pieces), h_whole)
+    assert torch.equal(lean.logits(torch.cat(pieces)), lean.logits(h_whole))
+    assert torch.equal(lean.decode([slot], [7], ["b"]), whole_next)  # the caches hold the same keys and values
 
 
 @pytest.mark.parametrize("decode_in_prefill", [True, False])

@@ -7,6 +7,7 @@ import concurrent.futures
 import httpx
 import openai
 import pytest
+from edge_support import metric_samples
 from serve_support import tiny_server, tiny_tokenizer
 
 
@@ -99,11 +100,14 @@ def test_adapters_load_and_unload_at_runtime_and_a_reload_serves_the_new_weights
 def test_health_and_metrics_report_requests_tokens_and_latency(client, served):
     complete(client, "sql", "count me")
     assert httpx.get(f"{served.url}/health").text == "ok"
-    text = httpx.get(f"{served.url}/metrics").text
-    for needle in ('lorakit_requests_total{model="sql",finish_reason="length"}', "lorakit_generated_tokens_total",
-                   "lorakit_queue_length", "lorakit_batch_size_bucket", "lorakit_time_to_first_token_seconds_count",
-                   "lorakit_request_latency_seconds_sum", "lorakit_resident_adapters"):
-        assert needle in text
+    samples = metric_samples(httpx.get(f"{served.url}/metrics").text)
+    assert samples[("lorakit_requests_total", (("finish_reason", "length"), ("model", "sql")))] >= 1
+    names = {name for name, _ in samples}
+    for name in ("lorakit_generated_tokens_total", "lorakit_queue_length", "lorakit_batch_size_bucket",
+                 "lorakit_time_to_first_token_seconds_count", "lorakit_request_latency_seconds_sum",
+                 "lorakit_resident_adapters", "lorakit_adapter_loads_total", "lorakit_http_errors_total"):
+        assert name in names, name
+    assert samples[("lorakit_generated_tokens_total", ())] >= 10
 
 
 def test_every_request_leaves_the_engine_s_count_of_requests_on_their_way(client, served):

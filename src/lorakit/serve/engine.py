@@ -1,10 +1,6 @@
-"""Continuous batching: one base model, many adapters, one forward pass per decode step for every running row.
-
-Each iteration: run queued calls (adapter loads), admit waiting requests (prefilling their prompts), then one
-decode step for all running rows. Finished and cancelled rows leave between steps. Only the engine's thread
-touches the model. The forward passes are a Backend's (backend.py): the lean bf16 forward for bf16 Llama models on
-the CPU where its kernels are built (llama.LeanBackend: a request's output never depends on the batch), else the
-transformers forward (hf.TransformersBackend).
+"""Continuous batching for `lorakit serve`: one base model, many adapters, one forward pass per step for every
+running row (batch.Batcher), on one thread behind an API that any thread may call: submit, cancel, call (run a
+function between steps), drain and stop.
 """
 
 from __future__ import annotations
@@ -12,82 +8,36 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 import lorakit
-from lorakit.serve.backend import Backend
-from lorakit.serve.hf import TransformersBackend
-from lorakit.serve.llama import LeanBackend, unsupported
-from lorakit.serve.metrics import Metrics
+from lorakit.serve.batch import PREFILL_CHUNK, Batcher
 from lorakit.serve.pool import AdapterPool
-from lorakit.serve.sampling import SamplingParams, choose_tokens
+from lorakit.serve.request import Event, Request
+from lorakit.serve.sampling import SamplingParams, TokenLogprob
 from lorakit.serve.text import TextStream
+
+__all__ = ["ARRIVAL", "PREFILL_CHUNK", "Engine", "Event", "Request", "ShuttingDown", "TokenLogprob"]
 
 ARRIVAL: ContextVar[Callable[[], None] | None] = ContextVar("lorakit_arrival", default=None)
 """The current HTTP request's `Engine.arriving` callback; `submit` calls it (see there)."""
 
 
-@dataclass
-class Event:
-    """What one request produced since its last event; `finish_reason` is set on its last event."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: str | None = None
-    """"stop" (end-of-sequence or a stop string), "length" (max_tokens or the context), "cancelled", "error"."""
-    error: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+class ShuttingDown(lorakit.LoraError):
+    """The engine is draining or stopped and takes no new requests."""
 
 
-@dataclass(eq=False)
-class Request:
-    """One request: its prompt, adapter, sampling state and output so far."""
+class Engine(Batcher):
+    """A Batcher behind a thread-safe API: submit, cancel and call from any thread; `run` (or `start`) steps it."""
 
-    id: int
-    prompt: list[int]
-    adapter: str | None
-    """Public adapter name, or None for the base model."""
-    params: SamplingParams
-    on_event: Callable[[Event], None]
-    stream: TextStream
-    key: str | None = None
-    """The adapter's name on the model while the request runs (a versioned pool key)."""
-    output: list[int] = field(default_factory=list)
-    generator: torch.Generator | None = None
-    cancelled: bool = False
-    finished: bool = False
-    submitted: float = field(default_factory=time.monotonic)
-    first_token: float | None = None
-
-
-class Engine:
-    """Schedules requests for one model over its adapter pool; `start` runs it on a background thread."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        tokenizer: PreTrainedTokenizerBase,
-        pool: AdapterPool,
-        max_batch: int = 64,
-        max_context: int | None = None,
-        prefill_tokens: int = 4096,
-        metrics: Metrics | None = None,
-        merged: str | None = None,
-        lean: bool | None = None,
-        arrival_gap: float = 0.003,
-        arrival_wait: float = 0.05,
-    ):
-        """lean: use the lean bf16 forward (True), the transformers forward (False), or the lean one whenever the
-        model is a bf16 Llama on the CPU and its kernels are built (None).
+    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, pool: AdapterPool,
+                 arrival_gap: float = 0.003, arrival_wait: float = 0.05, **kw):
+        """kw: Batcher's (max_batch, max_context, prefill_chunk, metrics, merged, lean).
 
         arrival_gap, arrival_wait (seconds): when a request finds the engine idle, the engine waits until no
         request is on its way (see `arriving`) and none has been submitted for arrival_gap, at most arrival_wait
@@ -95,41 +45,27 @@ class Engine:
         (the HTTP thread reads, validates and tokenizes them one by one): without the wait, a burst was prefilled
         as its first request and then the rest, a decode step between (BENCHMARKS.md). A lone request pays
         arrival_gap. 0 turns this off."""
-        self.model = model
-        self.tokenizer = tokenizer
-        self.pool = pool
-        self.max_batch = max_batch
-        self.max_context = max_context or context_length(model)
+        super().__init__(model, tokenizer, pool, **kw)
         self.arrival_gap = arrival_gap
         self.arrival_wait = arrival_wait
         self._arriving = 0
-        self.prefill_tokens = prefill_tokens
-        """Most prompt tokens prefilled between two decode steps, so newcomers never stall running rows for long."""
-        self.metrics = metrics or Metrics()
-        self.merged = merged
-        """With --merge: the one adapter merged into the weights, served by plain forwards."""
-        self.device = next(model.parameters()).device
-        self.eos = eos_ids(model, tokenizer)
-        self.waiting: deque[Request] = deque()
-        self.running: list[Request] = []
-        if lean is None:
-            lean = next(model.parameters()).dtype == torch.bfloat16 and unsupported(model) is None
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.backend: Backend = LeanBackend(model) if lean else TransformersBackend(model, pad, merged is not None)
-        self.calls: deque[tuple[Callable[[], object], Future]] = deque()
         self._ids = itertools.count(1)
-        self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._serving = False
         self._stop = False
+        self._closed = False  # draining or stopped: submit refuses
 
     # ---- called from any thread ----
 
     def submit(self, prompt: list[int], adapter: str | None, params: SamplingParams,
                on_event: Callable[[Event], None]) -> Request:
-        """Queue a request; `on_event` is called on the engine's thread with each piece of output."""
+        """Queue a request; `on_event` is called on the engine's thread with each piece of output. ShuttingDown
+        once the engine drains or has stopped."""
         seq = Request(next(self._ids), list(prompt), adapter, params, on_event, TextStream(self.tokenizer, params.stop))
         with self._wake:
+            if self._closed:
+                raise ShuttingDown("the server is shutting down and takes no new requests; retry on another "
+                                   "instance or after it restarts")
             self.waiting.append(seq)
             self._wake.notify()
         arrived = ARRIVAL.get()
@@ -194,31 +130,55 @@ class Engine:
         finally:
             self._serving = False
 
+    def drain(self, timeout: float) -> bool:
+        """Stop taking requests (submit raises ShuttingDown), let those waiting and running finish, and after
+        `timeout` seconds end the rest with an error (status 503); True when all finished in time. Callable from
+        any thread; steps the engine itself where nothing runs its loop."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        deadline = time.monotonic() + timeout
+        while self._busy() and time.monotonic() < deadline:
+            if self._serving:
+                with self._wake:
+                    self._wake.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            else:
+                self.step()
+        if not self._busy():
+            return True
+        error = f"the server is shutting down; the request did not finish within --drain-timeout={timeout:g}s"
+        self.call(lambda: self._fail_all(error, 503)).result()
+        return False
+
     def stop(self) -> None:
         """Stop the thread; requests still waiting or running end with an error."""
         with self._wake:
+            self._closed = True
             self._stop = True
             self._wake.notify()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        self._fail_all("the server is shutting down")
+        self._fail_all("the server is shutting down", 503)
 
     def _loop(self, until: Callable[[], bool] | None) -> None:
         while True:
             with self._wake:
-                while not self._stop and not (self.waiting or self.running or self.calls):
+                while not self._stop and not (self.waiting or self.prefilling or self.running or self.calls):
                     if until is not None and until():
                         return
                     self._wake.wait(0.5 if until is not None else None)
-                if not self.running and self.waiting and self.arrival_gap > 0:
+                if not self.running and not self.prefilling and self.waiting and self.arrival_gap > 0:
                     self._gather()
                 if self._stop:
                     return
             try:
                 self.step()
-            except Exception as e:  # e.g. out of memory: fail the requests in flight, keep serving new ones
-                self._fail_all(f"the engine failed: {type(e).__name__}: {e}")
+            except Exception as e:  # a failure no request is known to cause: fail those in flight, keep serving
+                self._fail_all(f"the engine failed: {type(e).__name__}: {e}", 500)
+            if not self._busy():
+                with self._wake:
+                    self._wake.notify_all()  # a drain waiting for the last request
 
     def _gather(self) -> None:
         """Hold an idle engine's first admission while requests are on their way or arrived within arrival_gap
@@ -233,187 +193,3 @@ class Engine:
             if len(self.waiting) == seen and not self._arriving:
                 return
             seen = len(self.waiting)
-
-    def _fail_all(self, error: str) -> None:
-        with self._wake:
-            waiting = list(self.waiting)
-            self.waiting.clear()
-        for seq in waiting + self.running:
-            self._finish(seq, "error", "", error=error)
-        self.running = []
-        self.backend.reset()
-
-    # ---- the engine's thread ----
-
-    def step(self) -> None:
-        """One scheduling iteration: calls, admissions (with prefill), one decode step for all running rows."""
-        self._run_calls()
-        self._drop_cancelled()
-        if not self._admit() and self.running:
-            self._decode()
-        self.metrics.set_gauges(waiting=len(self.waiting), running=len(self.running),
-                                adapters=sum(e.resident for e in self.pool.entries.values()),
-                                loads=self.pool.loads, evictions=self.pool.evictions)
-
-    def run_until_idle(self) -> None:
-        """Step until nothing is waiting or running (for tests and benchmarks that drive the engine directly)."""
-        while self.waiting or self.running or self.calls:
-            self.step()
-
-    def _run_calls(self) -> None:
-        while self.calls:
-            with self._wake:
-                fn, future = self.calls.popleft()
-            try:
-                future.set_result(fn())
-            except BaseException as e:  # the caller gets the exception, the engine goes on
-                future.set_exception(e)
-
-    def _drop_cancelled(self) -> None:
-        with self._wake:  # submit() appends from other threads; iterating needs the deque to hold still
-            dropped = [s for s in self.waiting if s.cancelled]
-            for seq in dropped:
-                self.waiting.remove(seq)
-        gone = [s for s in self.running if s.cancelled]
-        for seq in dropped + gone:
-            self._finish(seq, "cancelled", "")
-        if gone:
-            self._keep([s for s in self.running if not s.cancelled])
-
-    def _admit(self) -> bool:
-        """Move waiting requests into the batch, prefilling them together in one forward pass; True when the
-        running rows took this step's token in that pass (see _prefill).
-
-        The padded prefill (rows x longest prompt) stays under prefill_tokens, so running rows are never
-        stalled long by a crowd of newcomers; a request whose adapter cannot fit yet keeps its place in line.
-        """
-        joining: list[Request] = []
-        blocked: list[Request] = []
-        while self.waiting and len(self.running) + len(joining) < self.max_batch:
-            seq = self.waiting[0]
-            longest = max([len(s.prompt) for s in joining] + [len(seq.prompt)])
-            if joining and (len(joining) + 1) * longest > self.prefill_tokens:
-                break
-            self.waiting.popleft()
-            if not self._acquire(seq):
-                blocked.append(seq)
-            elif not seq.finished:
-                joining.append(seq)
-        self.waiting.extendleft(reversed(blocked))
-        if not joining:
-            return False
-        try:
-            return self._prefill(joining)
-        except Exception as e:  # the rows are in neither list yet: fail them here, then let the loop recover
-            for seq in joining:
-                self._finish(seq, "error", "", error=f"the engine failed: {type(e).__name__}: {e}")
-            raise
-
-    def _acquire(self, seq: Request) -> bool:
-        """Reserve the request's adapter (loading it if evicted); False if it must wait for room.
-
-        A request whose adapter is gone or fails to load is finished here with an error.
-        """
-        if seq.adapter is None or seq.adapter == self.merged:
-            return True
-        if not self.pool.contains(seq.adapter):
-            self._finish(seq, "error", "", error=f"adapter {seq.adapter!r} was unloaded before the request started")
-            return True
-        try:
-            seq.key = self.pool.acquire(seq.adapter)
-            if seq.key is not None:
-                self.backend.check(seq.key)
-        except lorakit.LoraError as e:
-            self._finish(seq, "error", "", error=f"adapter {seq.adapter!r} could not be loaded: {e}")
-            return True
-        return seq.key is not None
-
-    def _prefill(self, rows: list[Request]) -> bool:
-        """Prefill newcomers; True when the running rows took this step's token in the same pass (where the
-        backend's decode_in_prefill allows it: one pass over the weights instead of a prefill and a decode step)."""
-        for seq in rows:
-            seq.generator = seq.params.generator(self.device)
-        carried = list(self.running) if self.backend.decode_in_prefill else []
-        logits = self.backend.prefill(carried + rows)
-        if carried:
-            self.metrics.observe_batch(len(carried) + len(rows))
-        self.running.extend(rows)
-        self._emit(carried + rows, logits)
-        return bool(carried)
-
-    def _decode(self) -> None:
-        logits = self.backend.decode(self.running)
-        self.metrics.observe_batch(len(self.running))
-        self._emit(self.running, logits)
-
-    def _emit(self, rows: list[Request], logits: torch.Tensor) -> None:
-        tokens = choose_tokens(logits, [s.params for s in rows], [s.generator for s in rows]).tolist()
-        done: list[Request] = []
-        now = time.monotonic()
-        for seq, token in zip(rows, tokens, strict=True):
-            if seq.first_token is None:
-                seq.first_token = now
-                self.metrics.observe_first_token(now - seq.submitted)
-            seq.output.append(token)
-            reason = None
-            if token in self.eos and not seq.params.ignore_eos:
-                text = seq.stream.finish()
-                reason = "stop"
-            else:
-                text = seq.stream.add(token)
-                if seq.stream.stopped:
-                    reason = "stop"
-                elif len(seq.output) >= seq.params.max_tokens or len(seq.prompt) + len(seq.output) >= self.max_context:
-                    text += seq.stream.finish()  # the flushed tail may still complete a stop string
-                    reason = "stop" if seq.stream.stopped else "length"
-            if reason is None:
-                self._send(seq, Event(text, [token]))
-            else:
-                self._finish(seq, reason, text, token=token)
-                done.append(seq)
-        if done:
-            self._keep([s for s in self.running if s not in done])
-
-    def _keep(self, rows: list[Request]) -> None:
-        """Keep these running rows (in their order); the backend forgets the others."""
-        kept = {id(s) for s in rows}
-        self.backend.release([s for s in self.running if id(s) not in kept])
-        self.running = rows
-
-    def _finish(self, seq: Request, reason: str, text: str, token: int | None = None, error: str | None = None) -> None:
-        if seq.finished:
-            return
-        if seq.key is not None:
-            self.pool.release(seq.key)
-        seq.finished = True
-        self.metrics.observe_finish(seq.adapter, reason, len(seq.prompt), len(seq.output),
-                                    time.monotonic() - seq.submitted)
-        self._send(seq, Event(text, [] if token is None else [token], reason, error,
-                              len(seq.prompt), len(seq.output)))
-
-    def _send(self, seq: Request, event: Event) -> None:
-        try:
-            seq.on_event(event)
-        except Exception:  # a listener that is gone (closed event loop) must not stop the engine
-            seq.cancelled = True
-
-
-def context_length(model: nn.Module) -> int:
-    """The model's context window in tokens, from its config."""
-    cfg = model.config
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        if getattr(cfg, key, None):
-            return int(getattr(cfg, key))
-    return 2048
-
-
-def eos_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
-    """Token ids that end a generation: the generation config's eos (one or a list) and the tokenizer's."""
-    found: set[int] = set()
-    gen = getattr(model, "generation_config", None)
-    for value in (getattr(gen, "eos_token_id", None), tokenizer.eos_token_id):
-        if isinstance(value, int):
-            found.add(value)
-        elif isinstance(value, list | tuple):
-            found.update(int(v) for v in value)
-    return found

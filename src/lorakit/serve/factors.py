@@ -24,6 +24,7 @@ MLP = ("gate_proj", "up_proj")
 PRODUCTS = {"qkv": ATTN, "o": ("o_proj",), "gate_up": MLP, "down": ("down_proj",)}
 """The lean forward's products and the projections each fuses, in the order of their output columns."""
 TARGETS = tuple(t for targets in PRODUCTS.values() for t in targets)
+TRANSFORMERS = "restart the server with --dtype float32 to use the transformers forward, which applies it"
 ADAPTERS_KEPT = 32  # adapters whose factors stay cached besides those of the current batch, least recently used out
 
 
@@ -127,8 +128,8 @@ class LoraTables:
             where = self.known.get(path)
             if where is not None:
                 if key in getattr(module, MAGNITUDE, {}):
-                    raise AdapterError(f"adapter uses DoRA at {path}, which the bf16 lean engine does not apply; "
-                                       f"serve it with --dtype float32")
+                    raise AdapterError(f"adapter uses DoRA at {path}, which the lean bf16 forward does not apply; "
+                                       f"{TRANSFORMERS}")
                 if key in module.lora_A:
                     layer, target = where
                     product = next(p for p, targets in PRODUCTS.items() if target in targets)
@@ -137,8 +138,8 @@ class LoraTables:
                     probe = probe or (self.blocks[layer], target, module, module.lora_A[key])
                 continue
             if key in getattr(module, "lora_A", {}) or key in getattr(module, "copies", {}):
-                raise AdapterError(f"adapter changes {path}, which the bf16 lean engine does not apply (it adapts "
-                                   f"only {', '.join(TARGETS)}); serve it with --dtype float32")
+                raise AdapterError(f"adapter changes {path}, which the lean bf16 forward does not apply (it adapts "
+                                   f"only {', '.join(TARGETS)}); {TRANSFORMERS}")
         factors: list[dict[str, AdapterFactors]] = [{} for _ in self.blocks]
         for (layer, product), modules in adapted.items():
             order = PRODUCTS[product]
@@ -147,8 +148,7 @@ class LoraTables:
             total = sum(rank for _, rank in shape)
             if total > kernels.MAX_RANK:
                 raise AdapterError(f"adapter's ranks add up to {total} in {paths[layer, product]}.{product}, more than "
-                                   f"the bf16 lean engine's {kernels.MAX_RANK} per fused product; serve it with "
-                                   f"--dtype float32")
+                                   f"the lean bf16 forward's {kernels.MAX_RANK} per fused product; {TRANSFORMERS}")
             block = self.blocks[layer]
             b = torch.zeros(total, block.widths[product])
             r0 = 0

@@ -111,6 +111,18 @@ class GrowingLayer(DynamicLayer):
         return self.length
 
 
+def truncate(cache: DynamicCache, length: int) -> None:
+    """Keep the first `length` tokens of every layer of a one-row cache (a forward that raised may have added to
+    some layers and not to others)."""
+    for layer in cache.layers:
+        if isinstance(layer, GrowingLayer):
+            layer.length = min(layer.length, length)
+            layer._expose()
+        elif layer.is_initialized and layer.keys is not None and layer.keys.numel():
+            layer.keys = layer.keys[:, :, :length]
+            layer.values = layer.values[:, :, :length]
+
+
 def _with_room(buf: torch.Tensor, used: int, capacity: int) -> torch.Tensor:
     out = buf.new_zeros(buf.shape[0], buf.shape[1], capacity, buf.shape[3])
     out[:, :, :used] = buf[:, :, :used]
@@ -178,6 +190,26 @@ class BatchCache:
             layers.append(GrowingLayer(_with_room(keys, keys.shape[2], keys.shape[2] + ROOM),
                                        _with_room(values, values.shape[2], values.shape[2] + ROOM), keys.shape[2]))
         self._install(layers, mask[:, start:])
+
+    def row(self, i: int) -> tuple[DynamicCache, torch.Tensor]:
+        """A copy of row i alone: its cache (the batch's width, with room for a step) and its (1, T) mask."""
+        layers = [GrowingLayer(_with_room(layer.keys[i : i + 1], layer.length, layer.length + ROOM),
+                               _with_room(layer.values[i : i + 1], layer.length, layer.length + ROOM), layer.length)
+                  for layer in self.cache.layers]
+        cache = DynamicCache()
+        cache.layers = layers
+        cache.layer_class_to_replicate = None
+        return cache, self.mask[i : i + 1]
+
+    def lengths(self) -> list[int]:
+        """Each layer's columns in use (a forward that raises may have added one to some layers only)."""
+        return [layer.length for layer in self.cache.layers] if self.cache is not None else []
+
+    def restore(self, lengths: list[int]) -> None:
+        """Back to the columns `lengths` gave (what was written after them is never read)."""
+        for layer, length in zip(self.cache.layers if self.cache is not None else [], lengths, strict=True):
+            layer.length = length
+            layer._expose()
 
     def step_mask(self) -> torch.Tensor:
         """The (B, T+1) mask for a decode step that appends one real token to every row."""

@@ -13,8 +13,8 @@ whatever else is in the batch (each checked in tests/serve/test_lean_llama.py):
 - RMSNorm, and RoPE with the writes of each row's key and value into its cache slot, in one C kernel call each
   (kernels.rms_norm, kernels.rope_cache: transformers' bf16 results bit for bit);
 - prompts prefilled together are packed into one batch, each through products of proven row counts, its own
-  LoRA and its own causal attention (up to SHORT_PROMPT tokens in the decode-attention kernel, longer prompts
-  through sdpa, batched with the prompts of their length);
+  LoRA and its own causal attention (each token in the decode-attention kernel, over its prompt's keys up to its
+  own), so that a prompt gives the same bits packed or alone, whole or in chunks;
 - where a prefill's row counts give each row a decode step's bits (LeanLlama.decode_in_prefill), running rows
   take their decode step inside the newcomers' prefill: one pass over the weights instead of two.
 
@@ -32,13 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.serve import kernels
-from lorakit.serve.backend import Row
+from lorakit.serve.backend import Chunk, Row
 from lorakit.serve.factors import ATTN, MLP, LoraTables, PromptRows, RowGroup
 from lorakit.serve.kv import SlotCache
 from lorakit.serve.packed import PREFILL_MAX, PREFILL_ROWS, ROWS, Packed, exact_counts
 from lorakit.serve.rope import RopeTable
-
-SHORT_PROMPT = 64  # prompts up to this long attend in the decode kernel when prefilled, longer ones through sdpa
 
 
 def unsupported(model: nn.Module) -> str | None:
@@ -161,14 +159,43 @@ class LeanLlama:
                 ) -> tuple[list[int], torch.Tensor]:
         """Prefill prompts, their tokens packed into one batch: (slots, (n, vocab) bf16 logits of each prompt's last
         token). Prompt i goes into a new slot, or continues slot slots[i] after the tokens it holds (a running
-        request's next token is such a one-token prompt: see decode_in_prefill).
+        request's next token is such a one-token prompt: see decode_in_prefill; a long prompt's later chunk
+        another).
 
         Each prompt's result is the same as when it is prefilled alone: its rows go through products of row counts
         proven equivalent (Packed.sizes), its LoRA products see only its own tokens, and its causal attention only
         its own keys."""
+        slots, h, ends = self.hidden(prompts, names, slots)
+        return slots, self.logits(h.index_select(0, torch.tensor(ends) - 1))
+
+    @torch.inference_mode()
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(n, vocab) bf16 logits of the next token after each row of the last layer's output (n, C)."""
+        return self.head(self._rms(h, self.norm))
+
+    @torch.inference_mode()
+    def hidden(self, prompts: list[list[int]], names: list[str | None], slots: list[int | None] | None = None
+               ) -> tuple[list[int], torch.Tensor, list[int]]:
+        """`prefill` up to the last layer's output: (slots, (P, C) output at every token of the prompts, packed,
+        each prompt's end row). Slots it took are given back when it raises, and no slot's length changes then."""
         sizes = [len(p) for p in prompts]
         cache = self.cache
-        slots = [cache.take(n) if s is None else s for n, s in zip(sizes, slots or [None] * len(sizes), strict=True)]
+        held = slots or [None] * len(sizes)
+        slots = []
+        try:
+            for n, s in zip(sizes, held, strict=True):
+                slots.append(cache.take(n) if s is None else s)
+            h, ends = self._hidden(prompts, names, slots, sizes)
+        except BaseException:
+            for slot, s in zip(slots, held, strict=False):
+                if s is None:
+                    cache.release(slot)
+            raise
+        return slots, h, ends
+
+    def _hidden(self, prompts: list[list[int]], names: list[str | None], slots: list[int], sizes: list[int]
+                ) -> tuple[torch.Tensor, list[int]]:
+        cache = self.cache
         starts = [cache.lengths[s] for s in slots]
         cache.fit(max(start + n for start, n in zip(starts, sizes, strict=True)))
         ends = torch.tensor(sizes).cumsum(0).tolist()
@@ -180,58 +207,18 @@ class LeanLlama:
         cos, sin = self.rope.tables(positions)
         hd, nq, nkv = self.head_dim, self.heads, self.kv_heads
         token_slots = torch.tensor(slots).repeat_interleave(torch.tensor(sizes))  # each token's cache slot
-        # Attention, by each prompt's own length (so a prompt takes the same path alone or packed): prompts of up to
-        # SHORT_PROMPT tokens in one decode_attention call per layer, each token over its prompt's keys up to its
-        # own, just written to the cache (each row on its own); longer ones through sdpa, those of one length
-        # batched (sdpa's rows do not depend on the batch: each prompt's heads are separate work items). Checked
-        # alone against packed in tests/serve/test_lean_llama.py.
-        def rows_of(members: list[int]) -> torch.Tensor | None:
-            if len(members) == len(sizes):
-                return None
-            return torch.cat([torch.arange(*prompt_rows.bounds[j]) for j in members])
-
-        # A continued slot's tokens attend in the decode kernel too, as a decode step's do.
-        short_members = [j for j, (n, start) in enumerate(zip(sizes, starts, strict=True))
-                         if n <= SHORT_PROMPT or start]
-        short = rows_of(short_members) if short_members else None  # their tokens (None: every token)
-        short_slots = token_slots if short is None else token_slots[short]
-        short_keys = (positions if short is None else positions[short]) + 1  # each token's keys, its own included
-        by_length: dict[int, list[int]] = {}
-        for j, (n, start) in enumerate(zip(sizes, starts, strict=True)):
-            if n > SHORT_PROMPT and not start:
-                by_length.setdefault(n, []).append(j)
-        groups = [(n, len(members), rows_of(members)) for n, members in by_length.items()]
+        keys = positions + 1  # each token attends over its prompt's keys up to its own, just written to the cache
         for i, block in enumerate(self.blocks):
             qkv = self._project(block.qkv, self._rms(h, block.norm1, block.qkv.padded_input(total, PREFILL_ROWS)),
                                 tables[i].get("qkv"), prompt_rows)
             kernels.rope_cache(qkv, nq, nkv, cos, sin, positions, token_slots, cache.keys[i], cache.values[i])
-            qk = qkv[:, : (nq + nkv) * hd].view(total, nq + nkv, hd)  # q and k rotated in place
-            v = qkv[:, (nq + nkv) * hd :].view(total, nkv, hd)
-            out = None
-            if short_members:
-                q = qkv[:, : nq * hd] if short is None else qkv.index_select(0, short)[:, : nq * hd]
-                got = kernels.decode_attention(q, cache.keys[i], cache.values[i], short_slots, short_keys, nkv)
-                if short is None:
-                    out = got
-                else:
-                    out = h.new_empty(total, nq * hd)
-                    out.index_copy_(0, short, got)
-            for n, count, tokens in groups:
-                q_g, v_g = (qk, v) if tokens is None else (qk.index_select(0, tokens), v.index_select(0, tokens))
-                q_g = q_g.view(count, n, nq + nkv, hd).transpose(1, 2)  # (prompts, H+KV, T, D)
-                v_g = v_g.view(count, n, nkv, hd).transpose(1, 2)
-                got = F.scaled_dot_product_attention(q_g[:, :nq], q_g[:, nq:], v_g, is_causal=True, enable_gqa=True)
-                got = got.transpose(1, 2).reshape(count * n, nq * hd)
-                if tokens is None:
-                    out = got
-                else:
-                    out = h.new_empty(total, nq * hd) if out is None else out
-                    out.index_copy_(0, tokens, got)
+            # Each token on its own, as a decode step's: a prompt's result is the same packed or alone, whole or in
+            # chunks (a chunk's tokens find the earlier chunks' keys in the cache).
+            out = kernels.decode_attention(qkv[:, : nq * hd], cache.keys[i], cache.values[i], token_slots, keys, nkv)
             h = self._block_rest(block, tables[i], h, out, prompt_rows)
         for slot, start, n in zip(slots, starts, sizes, strict=True):
             cache.lengths[slot] = start + n
-        last = h.index_select(0, torch.tensor([end - 1 for end in ends]))
-        return slots, self.head(self._rms(last, self.norm))
+        return h, ends
 
     @torch.inference_mode()
     def decode(self, slots: list[int], tokens: list[int], names: list[str | None]) -> torch.Tensor:
@@ -255,7 +242,7 @@ class LeanLlama:
             h = self._block_rest(block, tables[i], h, out)
         for s in slots:
             cache.lengths[s] += 1
-        return self.head(self._rms(h, self.norm))
+        return self.logits(h)
 
     def _block_rest(self, block: Block, table: dict, h: torch.Tensor, attn: torch.Tensor,
                     prompt_rows: PromptRows | None = None) -> torch.Tensor:
@@ -290,9 +277,11 @@ class LeanLlama:
 
 
 class LeanBackend:
-    """The engine's Backend over LeanLlama: each request in a cache slot of its own, from its prefill to its release."""
+    """The engine's Backend over LeanLlama: each request in a cache slot of its own, from its first chunk to its
+    release."""
 
     name = "lean bf16"
+    padded = False
 
     def __init__(self, model: nn.Module):
         self.forward = LeanLlama(model)
@@ -302,17 +291,54 @@ class LeanBackend:
     def check(self, key: str) -> None:
         self.forward.check(key)
 
-    def prefill(self, rows: Sequence[Row]) -> torch.Tensor:
-        held = [self._slots.get(id(r)) for r in rows]
-        prompts = [r.prompt if slot is None else [r.output[-1]] for r, slot in zip(rows, held, strict=True)]
-        slots, logits = self.forward.prefill(prompts, [r.key for r in rows], held)
+    def prefill(self, chunks: Sequence[Chunk], carried: Sequence[Row] = ()
+                ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        rows = [*carried, *(c.row for c in chunks)]
+        prompts = [[r.output[-1]] for r in carried] + [c.row.prompt[c.start : c.end] for c in chunks]
+        held = [self._slots[id(r)] for r in carried] + [self._slots[id(c.row)] if c.start else None for c in chunks]
+        lengths = self.forward.cache.lengths
+        before = [None if s is None else lengths[s] for s in held]
+        slots, h, ends = self.forward.hidden(prompts, [r.key for r in rows], held)
+        try:
+            last = self.forward.logits(h.index_select(0, torch.tensor(ends) - 1))
+            every = [self.forward.logits(h[end - (c.end - c.start) : end]) if c.every else None
+                     for c, end in zip(chunks, ends[len(carried) :], strict=True)]
+        except BaseException:  # the caches as they were
+            for slot, length in zip(slots, before, strict=True):
+                if length is None:
+                    self.forward.release(slot)
+                else:
+                    lengths[slot] = length
+            raise
         for row, slot in zip(rows, slots, strict=True):
             self._slots[id(row)] = slot
-        return logits
+        return last, every
 
     def decode(self, rows: Sequence[Row]) -> torch.Tensor:
         return self.forward.decode([self._slots[id(r)] for r in rows], [r.output[-1] for r in rows],
                                    [r.key for r in rows])
+
+    def probe(self, row: Row, chunk: Chunk | None = None) -> None:
+        lengths = self.forward.cache.lengths
+        if chunk is None:
+            slot = self._slots[id(row)]
+            before = lengths[slot]
+            try:
+                self.forward.decode([slot], [row.output[-1]], [row.key])
+            finally:
+                lengths[slot] = before  # the key and value it wrote lie past the slot's length: unread
+            return
+        held = self._slots[id(row)] if chunk.start else None
+        before = None if held is None else lengths[held]
+        slots: list[int] = []
+        try:
+            slots, h, _ = self.forward.hidden([row.prompt[chunk.start : chunk.end]], [row.key], [held])
+            self.forward.logits(h[-1:])
+        finally:
+            if slots and held is None:
+                self.forward.release(slots[0])
+            elif slots:
+                lengths[held] = before
 
     def release(self, rows: Sequence[Row]) -> None:
         for row in rows:

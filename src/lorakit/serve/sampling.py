@@ -1,14 +1,19 @@
-"""Choosing each row's next token: greedy, or temperature + nucleus (top-p) sampling with a per-request seed."""
+"""Choosing each row's next token (greedy, or temperature + nucleus (top-p) sampling with a per-request seed), and
+the log-probabilities a request asks to see."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from lorakit.core.errors import ConfigError
 from lorakit.serve import kernels
+
+MAX_LOGPROBS = 20  # most alternatives a request may ask for per position (OpenAI's chat top_logprobs limit)
+SEEDS = 2**64  # seeds are in [0, SEEDS): what torch.Generator.manual_seed takes
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,10 @@ class SamplingParams:
     """Seed of this request's own random generator: the same seed gives the same output, busy server or not."""
     ignore_eos: bool = False
     """Keep generating past end-of-sequence (for benchmarks that need a fixed output length)."""
+    logprobs: int | None = None
+    """None: off; k: each generated token's log-probability and the k most likely tokens' (see TokenLogprob)."""
+    prompt_logprobs: int | None = None
+    """The same for every prompt token after the first (OpenAI's `echo` with `logprobs`)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str | list):
@@ -40,6 +49,12 @@ class SamplingParams:
             problems.append(f"top_p must be in (0, 1] (got {self.top_p!r})")
         if any(not isinstance(s, str) or not s for s in self.stop):
             problems.append(f"stop must be non-empty strings (got {self.stop!r})")
+        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < SEEDS):
+            problems.append(f"seed must be an integer in [0, 2**64) (got {self.seed!r})")
+        for name in ("logprobs", "prompt_logprobs"):
+            k = getattr(self, name)
+            if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= MAX_LOGPROBS):
+                problems.append(f"{name} must be an integer in [0, {MAX_LOGPROBS}] or None (got {k!r})")
         if problems:
             raise ConfigError("invalid sampling parameters: " + "; ".join(problems))
 
@@ -56,11 +71,14 @@ class SamplingParams:
 
 
 def choose_tokens(
-    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
+    failed: dict[int, Exception] | None = None,
 ) -> torch.Tensor:
     """Next token per row from (B, vocab) logits; greedy rows take the argmax, the others sample.
 
-    Each sampled row uses only its own generator, so its draw does not depend on what else is in the batch.
+    Each sampled row uses only its own generator, so its draw does not depend on what else is in the batch. With
+    `failed`, a row whose sampling raises (non-finite probabilities) is recorded there, its token -1, and the
+    other rows still get theirs.
     """
     # The first maximum, as argmax gives it (torch.max is faster than argmax over a large vocabulary; lorakit's
     # kernel reads bf16 logits without widening them first).
@@ -69,7 +87,13 @@ def choose_tokens(
         out = logits.max(dim=-1).indices
     for i, p in enumerate(params):
         if not p.greedy:
-            out[i] = sample_row(logits[i], p.temperature, p.top_p, generators[i])
+            try:
+                out[i] = sample_row(logits[i], p.temperature, p.top_p, generators[i])
+            except RuntimeError as e:
+                if failed is None:
+                    raise
+                failed[i] = e
+                out[i] = -1
     return out
 
 
@@ -82,3 +106,40 @@ def sample_row(logits: torch.Tensor, temperature: float, top_p: float, generator
         keep = sorted_probs.cumsum(0) - sorted_probs < top_p
         probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class TokenLogprob(NamedTuple):
+    """A token's log-probability under the model (log_softmax of its raw logits, before temperature and top_p, as
+    OpenAI reports them) and the `top` most likely tokens with theirs, most likely first (ties: lower id first,
+    so a greedy choice is top[0])."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+def token_logprobs(logits: torch.Tensor, tokens: list[int], k: int) -> list[TokenLogprob]:
+    """For each row of (n, vocab) raw logits: the log-probability of tokens[row] and the k most likely tokens'."""
+    out: list[TokenLogprob] = []
+    for i in range(0, logits.shape[0], 64):  # in slices: (n, vocab) fp32 and int64 copies of a long prompt's logits
+        lp = torch.log_softmax(logits[i : i + 64].float(), dim=-1)
+        picked = lp.gather(1, torch.tensor(tokens[i : i + 64])[:, None])[:, 0].tolist()
+        if k:
+            ids = top_tokens(lp, k)
+            tops = [list(zip(r, v, strict=True)) for r, v in zip(ids.tolist(), lp.gather(1, ids).tolist(), strict=True)]
+        else:
+            tops = [[] for _ in picked]
+        out += [TokenLogprob(t, p, top) for t, p, top in zip(tokens[i : i + 64], picked, tops, strict=True)]
+    return out
+
+
+def top_tokens(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(n, k) ids of each row's k largest fp32 values, largest first, equal values by lower id (as argmax picks).
+
+    topk alone orders ties arbitrarily; here each value becomes one int64 key, its float bits mapped to integers
+    in the floats' order, then the id (inverted: lower ids win) in the low bits, so that every key is distinct."""
+    bits = (x + 0.0).contiguous().view(torch.int32).long()  # + 0.0: -0.0 becomes 0.0, which argmax finds equal
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats' bits count down as values fall
+    low = 2**31  # room for any vocabulary's ids
+    keys = ordered * low + (low - 1 - torch.arange(x.shape[-1]))
+    return keys.topk(min(k, x.shape[-1]), dim=-1).indices

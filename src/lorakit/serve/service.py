@@ -1,28 +1,71 @@
-"""What the HTTP routes call: model names, prompts to token ids, limits, and the engine's output as async events."""
+"""What the HTTP routes call: model names, request bodies to token ids and limits, the engine's output as
+OpenAI responses or server-sent events.
+
+`prepare_*` parse, validate and tokenize a raw body; they are plain functions the routes run on a worker thread,
+so a large body never blocks the event loop. `respond` submits the prepared jobs and turns their events into the
+response.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
-from collections import deque
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import suppress
+from dataclasses import dataclass
 
 from lorakit.core.errors import LoraError
-from lorakit.serve.engine import Engine, Event
+from lorakit.serve.delivery import Mailbox, Run, until, wait_for_disconnect
+from lorakit.serve.engine import Engine, Event, ShuttingDown
+from lorakit.serve.pool import AdapterNotFound
 from lorakit.serve.protocol import (
+    MAX_PROMPTS,
+    MAX_ROWS,
     ChatRequest,
     CompletionRequest,
     ServeError,
+    parse,
+)
+from lorakit.serve.responses import (
+    CompletionLogprobs,
     chat_chunk,
+    chat_logprobs,
     chat_response,
     completion_chunk,
     completion_response,
+    finish_reason,
     new_id,
+    sse,
+    sse_error,
     usage_chunk,
 )
 from lorakit.serve.sampling import SamplingParams
+from lorakit.serve.text import TokenText
+
+log = logging.getLogger("lorakit.serve")
+HEAD_CHARS = 16
+"""A prompt longer than context x this many characters is first tokenized only that far: if its head alone
+overflows the context, the rest is never tokenized (a multi-megabyte prompt is refused at once)."""
+
+
+@dataclass
+class Job:
+    """One choice to generate: its prompt, sampling, and (completions with echo) the prompt text to return."""
+
+    prompt: list[int]
+    params: SamplingParams
+    echo: str | None = None
+
+
+@dataclass
+class Plan:
+    """A parsed, validated, tokenized generation request, ready to submit."""
+
+    chat: bool
+    rid: str
+    req: CompletionRequest | ChatRequest
+    adapter: str | None
+    jobs: list[Job]
+    prompt_tokens: int
 
 
 class Service:
@@ -32,6 +75,7 @@ class Service:
         self.engine = engine
         self.pool = engine.pool
         self.tokenizer = engine.tokenizer
+        self.texts = TokenText(engine.tokenizer)
         self.base_name = base_name
         self.base_path = base_path or base_name
         self._box: Mailbox | None = None
@@ -63,64 +107,88 @@ class Service:
                                   "--merge to load adapters at runtime")
         if name == self.base_name:
             raise ServeError(400, f"lora_name {name!r} is the base model's name; choose another", "lora_name")
+        if "\x00" in path or "\x00" in name:
+            raise ServeError(400, "lora_name and lora_path must not contain NUL characters", "lora_path")
         try:
             await asyncio.wrap_future(self.engine.call(lambda: self.pool.add(name, path)))
         except LoraError as e:
             raise ServeError(400, f"adapter {name!r} was not loaded: {e}", "lora_path") from e
+        except (OSError, ValueError) as e:  # a path the OS refuses (too long, unreadable): say no more about it
+            raise ServeError(400, f"adapter {name!r} was not loaded: lora_path {path[:100]!r} cannot be read "
+                                  f"({type(e).__name__}); give a directory under the adapter root", "lora_path") from e
 
     async def unload_adapter(self, name: str) -> None:
-        if not self.pool.contains(name):
+        """Unload adapter `name`; of concurrent unloads of one adapter, one succeeds and the others are 404s."""
+        try:
+            await asyncio.wrap_future(self.engine.call(lambda: self.pool.remove(name)))
+        except AdapterNotFound:
             raise ServeError(404, f"The lora adapter '{name}' cannot be found. Loaded: {self.pool.names()}",
-                             "lora_name")
-        await asyncio.wrap_future(self.engine.call(lambda: self.pool.remove(name)))
+                             "lora_name") from None
 
-    # ---- generation ----
+    # ---- preparing (any thread) ----
 
-    def completion(self, req: CompletionRequest, disconnected: Callable[[], Awaitable[bool]]):
-        """A response dict, or an async iterator of SSE lines when req.stream."""
+    def prepare_completion(self, body: bytes) -> Plan:
+        """A /v1/completions body parsed, checked and tokenized; ServeError for anything refused."""
+        req = parse(CompletionRequest, body)
         adapter = self.resolve(req.model)
-        prompts = self._completion_prompts(req.prompt)
-        limits = [self._max_tokens(p, req.max_tokens, 16) for p in prompts]
-        jobs = [(p, self._params(req, m, k)) for p, m in zip(prompts, limits, strict=True) for k in range(req.n)]
-        rid = new_id("cmpl")
-        prompt_tokens = sum(len(p) for p in prompts)
-        if req.stream:
-            return self._sse(rid, req, adapter, jobs, "text_completion", prompt_tokens,
-                             lambda i, e: completion_chunk(rid, req.model, i, e))
-        return self._collect(rid, req, adapter, jobs, completion_response, disconnected, prompt_tokens)
+        texts = self._prompt_texts(req.prompt)
+        rows = len(texts) * req.choices
+        if rows > MAX_ROWS:
+            raise ServeError(400, f"this request asks for {len(texts)} prompts x n={req.choices} = {rows} "
+                                  f"sequences; at most {MAX_ROWS} per request: split it", "n")
+        prompts = [self._prompt_ids(p) for p in texts]
+        echo = bool(req.echo)
+        want = req.logprobs
+        jobs = []
+        for p, text in zip(prompts, texts, strict=True):
+            limit = self._max_tokens(p, req.max_tokens, 16)
+            shown = (text if isinstance(text, str) else self.tokenizer.decode(p)) if echo else None
+            jobs += [Job(p, self._params(req, limit, k, logprobs=want, prompt_logprobs=want if echo else None),
+                         shown) for k in range(req.choices)]
+        return Plan(False, new_id("cmpl"), req, adapter, jobs, sum(len(p) for p in prompts))
 
-    def chat(self, req: ChatRequest, disconnected: Callable[[], Awaitable[bool]]):
+    def prepare_chat(self, body: bytes) -> Plan:
+        """A /v1/chat/completions body parsed, checked and rendered through the chat template."""
+        req = parse(ChatRequest, body)
         adapter = self.resolve(req.model)
         prompt = self._chat_prompt(req)
         limit = self._max_tokens(prompt, req.max_completion_tokens or req.max_tokens, None)
-        jobs = [(prompt, self._params(req, limit, k)) for k in range(req.n)]
-        rid = new_id("chatcmpl")
-        if req.stream:
-            return self._sse(rid, req, adapter, jobs, "chat.completion.chunk", len(prompt),
-                             lambda i, e: chat_chunk(rid, req.model, i, e), opening=True)
-        return self._collect(rid, req, adapter, jobs, chat_response, disconnected, len(prompt))
+        want = (req.top_logprobs or 0) if req.logprobs else None
+        jobs = [Job(prompt, self._params(req, limit, k, logprobs=want)) for k in range(req.choices)]
+        return Plan(True, new_id("chatcmpl"), req, adapter, jobs, len(prompt))
 
-    def _completion_prompts(self, prompt: str | list) -> list[list[int]]:
+    def _prompt_texts(self, prompt: str | list) -> list[str | list[int]]:
+        """The request's prompts, each a string or a list of token ids."""
         if isinstance(prompt, str):
-            prompts = [self.tokenizer.encode(prompt)]
-        elif prompt and all(isinstance(p, int) for p in prompt):
-            prompts = [list(prompt)]
-        else:
-            prompts = [self.tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompt]
-        if not prompts:
+            return [prompt]
+        if not prompt:
             raise ServeError(400, "prompt is an empty list; give a string or a list of token ids", "prompt")
+        if isinstance(prompt[0], int):  # the schema admits only lists of one kind
+            return [prompt]
+        if len(prompt) > MAX_PROMPTS:
+            raise ServeError(400, f"prompt holds {len(prompt)} prompts; at most {MAX_PROMPTS} per request: split "
+                                  f"it", "prompt")
+        return list(prompt)
+
+    def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
+        ids = self._encode(prompt) if isinstance(prompt, str) else prompt
         vocab = self.engine.model.config.vocab_size
-        out = []
-        for p in prompts:
-            if not p:
-                if self.tokenizer.bos_token_id is None:
-                    raise ServeError(400, "the prompt is empty and the tokenizer has no BOS token to start from",
-                                     "prompt")
-                p = [self.tokenizer.bos_token_id]
-            if any(t < 0 or t >= vocab for t in p):
-                raise ServeError(400, f"prompt token ids must be in [0, {vocab})", "prompt")
-            out.append(p)
-        return out
+        if not ids:
+            if self.tokenizer.bos_token_id is None:
+                raise ServeError(400, "the prompt is empty and the tokenizer has no BOS token to start from", "prompt")
+            return [self.tokenizer.bos_token_id]
+        if min(ids) < 0 or max(ids) >= vocab:
+            raise ServeError(400, f"prompt token ids must be in [0, {vocab})", "prompt")
+        return ids
+
+    def _encode(self, text: str, **kw) -> list[int]:
+        ctx = self.engine.max_context
+        head = ctx * HEAD_CHARS
+        if len(text) > head and len(self.tokenizer.encode(text[:head], **kw)) > ctx:
+            raise ServeError(400, f"This model's maximum context length is {ctx} tokens, and the prompt's first "
+                                  f"{head} of {len(text)} characters alone exceed it. Please shorten the prompt.",
+                             "prompt")
+        return self.tokenizer.encode(text, **kw)
 
     def _chat_prompt(self, req: ChatRequest) -> list[int]:
         if not getattr(self.tokenizer, "chat_template", None):
@@ -128,7 +196,7 @@ class Service:
                              "messages")
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return self._encode(text, add_special_tokens=False)
 
     def _max_tokens(self, prompt: list[int], asked: int | None, default: int | None) -> int:
         """max_tokens for a prompt; 400 with the limits when prompt + completion would not fit the context."""
@@ -144,139 +212,166 @@ class Service:
             )
         return want
 
-    def _params(self, req: CompletionRequest | ChatRequest, max_tokens: int, k: int) -> SamplingParams:
-        # With n > 1 and a seed, choice k uses seed + k: reproducible, yet the n samples differ.
-        seed = None if req.seed is None else req.seed + k
-        stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    def _params(self, req: CompletionRequest | ChatRequest, max_tokens: int, k: int, logprobs: int | None,
+                prompt_logprobs: int | None = None) -> SamplingParams:
+        # With n > 1 and a seed, choice k uses seed + k: reproducible, yet the n samples differ. A negative seed
+        # is read as its two's complement, as torch's manual_seed does.
+        seed = None if req.seed is None else (req.seed + k) % 2**64
+        temperature = 1.0 if req.temperature is None else req.temperature
         try:
-            return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, stop=stop,
-                                  seed=seed, ignore_eos=req.ignore_eos)
+            return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=req.top_p or 1.0,
+                                  stop=req.stops(), seed=seed, ignore_eos=bool(req.ignore_eos), logprobs=logprobs,
+                                  prompt_logprobs=prompt_logprobs)
         except LoraError as e:
             raise ServeError(400, str(e)) from e
 
-    async def _events(self, adapter: str | None, jobs: list[tuple[list[int], SamplingParams]]
-                      ) -> AsyncIterator[tuple[int, Event]]:
-        """(choice index, event) as the engine produces them; leaving early (a disconnect) cancels every job."""
+    # ---- responding (the event loop) ----
+
+    async def respond(self, plan: Plan, disconnected: Callable[[], Awaitable[bool]]) -> dict | AsyncIterator[str]:
+        """Submit the plan's jobs; the response dict, or (req.stream) an async iterator of SSE lines."""
+        run = self._submit(plan)
+        if plan.req.stream:
+            return self._stream(plan, run)
+        return await self._collect(plan, run, disconnected)
+
+    def _submit(self, plan: Plan) -> Run:
         queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
         mailbox = self._mailbox(asyncio.get_running_loop())
 
         def listener(i: int) -> Callable[[Event], None]:
             return lambda event: mailbox.put(queue, (i, event))
 
-        requests = [self.engine.submit(p, adapter, params, listener(i)) for i, (p, params) in enumerate(jobs)]
+        requests = []
         try:
-            left = len(requests)
-            while left:
-                i, event = await queue.get()
-                left -= event.finish_reason is not None
-                yield i, event
-        finally:
+            for i, job in enumerate(plan.jobs):
+                requests.append(self.engine.submit(job.prompt, plan.adapter, job.params, listener(i)))
+        except ShuttingDown as e:
             for r in requests:
                 self.engine.cancel(r)
+            raise ServeError(503, str(e)) from e
+        return Run(self.engine, queue, requests)
 
     def _mailbox(self, loop: asyncio.AbstractEventLoop) -> Mailbox:
         if self._box is None or self._box.loop is not loop:
             self._box = Mailbox(loop)
         return self._box
 
-    async def _sse(self, rid, req, adapter, jobs, kind, prompt_tokens, chunk, opening=False) -> AsyncIterator[str]:
-        if opening:
-            for i in range(len(jobs)):
-                yield _sse_line(chunk(i, None))
-        completion = 0
-        events = self._events(adapter, jobs)
-        try:
-            async for i, event in events:
-                completion += event.completion_tokens
-                if event.text or event.finish_reason:
-                    yield _sse_line(chunk(i, event))
-        finally:
-            await events.aclose()
-        if req.stream_options and req.stream_options.include_usage:
-            yield _sse_line(usage_chunk(rid, req.model, kind, prompt_tokens, completion))
-        yield "data: [DONE]\n\n"
+    def _choices(self, plan: Plan) -> list[Choice]:
+        return [Choice(self.texts, plan, job) for job in plan.jobs]
 
-    async def _collect(self, rid, req, adapter, jobs, build, disconnected, prompt_tokens) -> dict:
-        texts = [""] * len(jobs)
-        finals: list[Event | None] = [None] * len(jobs)
-        events = self._events(adapter, jobs)
-        watcher = asyncio.create_task(_wait_for_disconnect(disconnected))
+    async def _stream(self, plan: Plan, run: Run) -> AsyncIterator[str]:
+        """SSE lines: every choice's pieces as they come; a request that fails sends an error event; [DONE]."""
+        choices = self._choices(plan)
         try:
-            async for i, event in _until(events, watcher):
-                texts[i] += event.text
-                if event.finish_reason:
-                    finals[i] = event
+            for i, c in enumerate(choices):
+                opening = c.opening()
+                if opening is not None:
+                    yield sse(plan_chunk(plan, i, *opening))
+            async for i, event in run.events():
+                if event.finish_reason == "error":
+                    yield sse_error(event.status or 500, event.error or "the request failed")
+                    break
+                piece = choices[i].add(event)
+                if piece is not None:
+                    yield sse(plan_chunk(plan, i, *piece))
+            else:
+                if plan.req.include_usage:
+                    kind = "chat.completion.chunk" if plan.chat else "text_completion"
+                    yield sse(usage_chunk(plan.rid, plan.req.model, kind, plan.prompt_tokens,
+                                          sum(c.completion_tokens for c in choices)))
+        except Exception as e:  # the stream has started: the client learns of the failure in an error event
+            log.exception("stream %s failed", plan.rid)
+            yield sse_error(500, f"the server failed while streaming ({type(e).__name__}); the server log has "
+                                 f"the details")
+        finally:
+            run.cancel()
+        yield sse("[DONE]")
+
+    async def _collect(self, plan: Plan, run: Run, disconnected: Callable[[], Awaitable[bool]]) -> dict:
+        choices = self._choices(plan)
+        watcher = asyncio.create_task(wait_for_disconnect(disconnected))
+        try:
+            for c in choices:
+                c.opening()
+            async for i, event in until(run.events(), watcher):
+                if event.finish_reason == "error":
+                    raise ServeError(event.status or 500, event.error or "the request failed")
+                choices[i].add(event)
         finally:
             watcher.cancel()
-            await events.aclose()
-        if any(f is None for f in finals):
+            run.cancel()
+        if any(c.final is None for c in choices):
             raise ServeError(499, "the client disconnected")
-        errors = [f.error for f in finals if f.error]
-        if errors:
-            raise ServeError(500, errors[0])
-        return build(rid, req.model, texts, finals, prompt_tokens)
+        build = chat_response if plan.chat else completion_response
+        return build(plan.rid, plan.req.model, [c.result() for c in choices], plan.prompt_tokens,
+                     sum(c.completion_tokens for c in choices))
 
 
-class Mailbox:
-    """Hands the engine thread's events to the event loop, waking the loop once per burst instead of per event.
+def plan_chunk(plan: Plan, index: int, text: str | None, reason: str | None, logprobs: dict | None) -> dict:
+    build = chat_chunk if plan.chat else completion_chunk
+    return build(plan.rid, plan.req.model, index, text, reason, logprobs)
 
-    A decode step emits one event per running row; waking the loop for each (call_soon_threadsafe) made the loop
-    thread contend with the engine for the GIL and the two cores several times per step.
-    """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self.items: deque[tuple[asyncio.Queue, object]] = deque()
-        self.lock = threading.Lock()
-        self.scheduled = False
+class Choice:
+    """One choice's output as it arrives: its text, its logprobs, its final event."""
 
-    def put(self, queue: asyncio.Queue, item: object) -> None:
-        with self.lock:
-            self.items.append((queue, item))
-            if self.scheduled:
-                return
-            self.scheduled = True
-        try:
-            self.loop.call_soon_threadsafe(self._deliver)
-        except RuntimeError:  # the loop is closed: its listeners are gone; the engine cancels the request
-            with self.lock:
-                self.scheduled = False
-            raise
+    def __init__(self, texts: TokenText, plan: Plan, job: Job):
+        self.texts = texts
+        self.chat = plan.chat
+        self.job = job
+        self.top = job.params.logprobs
+        self.parts: list[str] = []
+        self.logprobs: list = []
+        self.final: Event | None = None
+        self.completion_tokens = 0
+        self.offsets = CompletionLogprobs(texts)
 
-    def _deliver(self) -> None:
-        with self.lock:
-            items, self.items = self.items, deque()
-            self.scheduled = False
-        for queue, item in items:
-            queue.put_nowait(item)
+    def opening(self) -> tuple[str | None, None, dict | None] | None:
+        """The chunk a stream opens this choice with (chat: the role; completions with echo: the prompt)."""
+        if self.chat:
+            return None, None, None
+        if self.job.echo is None:
+            return None
+        self.parts.append(self.job.echo)
+        return self.job.echo, None, None
+
+    def add(self, event: Event) -> tuple[str | None, str | None, dict | None] | None:
+        """Take an event; (text, finish_reason, logprobs) for a stream chunk, None when there is nothing to send."""
+        self.completion_tokens = max(self.completion_tokens, event.completion_tokens)
+        block = None
+        if self.top is not None:
+            block = self._logprobs(event)
+            if block is not None:
+                self.logprobs.append(block)
+        self.parts.append(event.text)
+        if event.finish_reason is not None:
+            self.final = event
+        if not (event.text or event.finish_reason or block):
+            return None
+        return event.text, finish_reason(event) if event.finish_reason else None, block
+
+    def _logprobs(self, event: Event) -> dict | None:
+        entries = event.logprobs or []
+        blocks = []
+        if event.prompt_logprobs is not None and not self.chat:
+            blocks.append(self.offsets.block(event.prompt_logprobs, self.job.prompt))
+            self.offsets.offset = len(self.job.echo or "")
+        if entries:
+            if self.chat:
+                return chat_logprobs(self.texts, entries, self.top)
+            blocks.append(self.offsets.block(entries, [e.token for e in entries]))
+        return CompletionLogprobs.join(blocks) if blocks else None
+
+    def result(self) -> dict:
+        logprobs = None
+        if self.top is not None:
+            if self.chat:
+                logprobs = {"content": [c for b in self.logprobs for c in b["content"]]}
+            else:
+                logprobs = CompletionLogprobs.join(self.logprobs)
+        return {"text": "".join(self.parts), "finish_reason": finish_reason(self.final), "logprobs": logprobs}
 
 
 def _card(name: str, root: str, parent: str | None, ctx: int) -> dict:
     return {"id": name, "object": "model", "created": 0, "owned_by": "lorakit", "root": root, "parent": parent,
             "max_model_len": ctx}
-
-
-def _sse_line(obj: dict) -> str:
-    return f"data: {json.dumps(obj)}\n\n"
-
-
-async def _wait_for_disconnect(disconnected: Callable[[], Awaitable[bool]]) -> None:
-    while not await disconnected():
-        await asyncio.sleep(0.25)
-
-
-async def _until(events: AsyncIterator[tuple[int, Event]], watcher: asyncio.Task) -> AsyncIterator[tuple[int, Event]]:
-    """Events until they end or the watcher finishes (the client went away)."""
-    while True:
-        nxt = asyncio.ensure_future(anext(events, None))
-        done, _ = await asyncio.wait({nxt, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if nxt not in done:
-            nxt.cancel()
-            with suppress(asyncio.CancelledError):
-                await nxt
-            return
-        item = nxt.result()
-        if item is None:
-            return
-        yield item
-

@@ -62,3 +62,63 @@ class TextStream:
         piece = self.text[self.sent : end]
         self.sent = end
         return piece
+
+
+class TokenText:
+    """Each token id's own bytes and text, as logprobs show them (OpenAI's `token` and `bytes`).
+
+    A token's bytes come from its vocabulary entry, not from decoding it alone: decoding one token drops a
+    SentencePiece word's leading space and turns part of a UTF-8 character into U+FFFD, while the entry keeps both
+    (byte-level BPE spells bytes as printable characters, SentencePiece as `<0xNN>` and `▁` for a space). The text
+    is those bytes as UTF-8, with U+FFFD where a character is split across tokens.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.tokenizer = tokenizer
+        self.special = set(tokenizer.all_special_ids)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self.byte_level = type(getattr(backend, "decoder", None)).__name__ == "ByteLevel"
+        self._cache: dict[int, tuple[str, bytes]] = {}
+
+    def text(self, token: int) -> str:
+        return self._get(token)[0]
+
+    def bytes(self, token: int) -> bytes:
+        return self._get(token)[1]
+
+    def _get(self, token: int) -> tuple[str, bytes]:
+        hit = self._cache.get(token)
+        if hit is None:
+            raw = self._bytes(token)
+            hit = self._cache[token] = (raw.decode("utf-8", errors="replace"), raw)
+        return hit
+
+    def _bytes(self, token: int) -> bytes:
+        piece = self.tokenizer.convert_ids_to_tokens(token)
+        if piece is None:
+            return b""
+        if token in self.special:
+            return piece.encode()
+        if self.byte_level and all(c in BYTE_OF for c in piece):
+            return bytes(BYTE_OF[c] for c in piece)
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            return bytes([int(piece[3:5], 16)])
+        if "\u2581" in piece:  # SentencePiece's word boundary
+            return piece.replace("\u2581", " ").encode()
+        return self.tokenizer.decode([token]).encode()
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """GPT-2's printable spelling of each byte (as byte-level BPE vocabularies store tokens), reversed."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+BYTE_OF = _byte_alphabet()
