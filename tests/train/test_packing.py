@@ -38,18 +38,22 @@ def loss_and_grads(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
 
-def test_a_packed_row_holds_every_token_once_with_restarting_positions_and_no_first_labels() -> None:
-    rows = examples(3)
-    batch = collate_packed(rows)
-    total = sum(len(e.input_ids) for e in rows)
-    assert batch["input_ids"].shape == batch["labels"].shape == batch["position_ids"].shape == (1, total)
-    assert "attention_mask" not in batch
-    starts = [0]
-    for e in rows[:-1]:
-        starts.append(starts[-1] + len(e.input_ids))
-    assert [int(batch["position_ids"][0, s]) for s in starts] == [0, 0, 0]
-    assert all(int(batch["labels"][0, s]) == IGNORE_INDEX for s in starts)
-    assert batch["input_ids"][0].tolist() == sum((e.input_ids for e in rows), [])
+def test_packed_rows_hold_every_token_once_with_restarting_positions_and_no_first_labels() -> None:
+    rows = examples(5)
+    for row_tokens in (None, 1, 10_000):  # default, one example per row, everything in one row
+        batch = collate_packed(rows, row_tokens, pad_id=3)
+        assert batch["input_ids"].shape == batch["labels"].shape == batch["position_ids"].shape
+        assert "attention_mask" not in batch and int(batch["tokens"]) == sum(len(e.input_ids) for e in rows)
+        real = []
+        for ids, labels, positions in zip(batch["input_ids"].tolist(), batch["labels"].tolist(),
+                                          batch["position_ids"].tolist(), strict=True):
+            starts = [i for i, p in enumerate(positions) if p == 0]
+            pieces = [ids[a:b] for a, b in zip(starts, starts[1:] + [len(ids)], strict=True)]
+            assert all(labels[s] == IGNORE_INDEX for s in starts)
+            real += [p for p in pieces if p.count(3) != len(p)]  # the padding segment is all pad ids
+        assert sorted(real) == sorted(e.input_ids for e in rows)
+    assert collate_packed(rows, 1)["input_ids"].shape[0] == len(rows)
+    assert collate_packed(rows, 10_000)["input_ids"].shape[0] == 1
 
 
 def test_packed_and_padded_batches_give_the_same_summed_loss_and_gradients() -> None:
@@ -57,10 +61,11 @@ def test_packed_and_padded_batches_give_the_same_summed_loss_and_gradients() -> 
     rows = examples(6)
     assert len({len(e.input_ids) for e in rows}) > 1  # padding exists in the padded batch
     padded_loss, padded_grads = loss_and_grads(model, collate(rows, pad_id=3))
-    packed_loss, packed_grads = loss_and_grads(model, collate_packed(rows))
-    assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
-    for a, b in zip(padded_grads, packed_grads, strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    for row_tokens in (None, 10_000):  # several rows ending in padding segments; one row
+        packed_loss, packed_grads = loss_and_grads(model, collate_packed(rows, row_tokens, pad_id=3))
+        assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
+        for a, b in zip(padded_grads, packed_grads, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
 
 
 def test_training_packed_follows_the_padded_run_step_for_step() -> None:

@@ -157,27 +157,52 @@ def collate(
     return batch
 
 
-def collate_packed(examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-    """A batch of token-labelled examples as one row without padding: input_ids, labels and position_ids are
-    (1, total tokens), positions restart at 0 for each example and there is no attention_mask.
+def collate_packed(examples: Sequence[Example], row_tokens: int | None = None, pad_id: int = 0
+                   ) -> dict[str, torch.Tensor]:
+    """Token-labelled examples packed into rows of at most row_tokens tokens (default: twice the longest example)
+    without padding between them: input_ids, labels and position_ids are (rows, width), tokens the count of real
+    ones; positions restart at 0 for each example and there is no attention_mask.
 
     transformers reads restarting positions without an attention mask as packed sequences and masks attention
-    block-diagonally, so each example attends only to itself and the row computes what the padded batch computes,
-    minus the padding. Each example's first label is IGNORE_INDEX: it would otherwise be scored from the previous
-    example's last token (a padded batch never scores a row's first token either).
+    block-diagonally, so each example attends only to itself and the batch computes what the padded batch computes,
+    minus most of the padding. Rows rather than one long row: attention costs the square of a row's length. Examples
+    go to rows first-fit by decreasing length (a row holds row_tokens, or the longest example if longer); rows
+    shorter than the longest end in a padding segment of their own (positions from 0, labels IGNORE_INDEX). Each
+    example's first label is IGNORE_INDEX: it would otherwise be scored from the previous example's last token (a
+    padded batch never scores a row's first token either).
     """
     if not examples:
         raise DataError("cannot collate an empty batch; give at least one example.")
     if any(len(e.labels) != len(e.input_ids) for e in examples):
         raise DataError("packing needs one label per token (generation examples); classification examples are "
                         "collated padded: set train.batching to padded.")
+    longest = max(len(e.input_ids) for e in examples)
+    capacity = max(row_tokens or 2 * longest, longest)
+    rows: list[list[Example]] = []
+    room: list[int] = []
+    for e in sorted(examples, key=lambda e: -len(e.input_ids)):
+        slot = next((i for i, free in enumerate(room) if free >= len(e.input_ids)), None)
+        if slot is None:
+            rows.append([])
+            room.append(capacity)
+            slot = len(rows) - 1
+        rows[slot].append(e)
+        room[slot] -= len(e.input_ids)
+    width = max(capacity - free for free in room)
     ids, labels, positions = [], [], []
-    for e in examples:
-        ids += e.input_ids
-        labels += [IGNORE_INDEX] + e.labels[1:]
-        positions += range(len(e.input_ids))
-    return {"input_ids": torch.tensor([ids], dtype=torch.long), "labels": torch.tensor([labels], dtype=torch.long),
-            "position_ids": torch.tensor([positions], dtype=torch.long)}
+    for row in rows:
+        r_ids, r_labels, r_pos = [], [], []
+        for e in row:
+            r_ids += e.input_ids
+            r_labels += [IGNORE_INDEX] + e.labels[1:]
+            r_pos += range(len(e.input_ids))
+        fill = width - len(r_ids)
+        ids.append(r_ids + [pad_id] * fill)
+        labels.append(r_labels + [IGNORE_INDEX] * fill)
+        positions.append(r_pos + list(range(fill)))
+    return {"input_ids": torch.tensor(ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long),
+            "position_ids": torch.tensor(positions, dtype=torch.long),
+            "tokens": torch.tensor(sum(len(e.input_ids) for e in examples))}
 
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")

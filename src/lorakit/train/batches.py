@@ -56,14 +56,14 @@ def micro_batches(
 
 
 def batcher(packed: bool, pad_id: int):
-    """The collate function: one packed row (data.tokenize.collate_packed) or a padded batch."""
-    return collate_packed if packed else (lambda rows: collate(rows, pad_id))
+    """The collate function: packed rows (data.tokenize.collate_packed) or a padded batch."""
+    return (lambda rows: collate_packed(rows, pad_id=pad_id)) if packed else (lambda rows: collate(rows, pad_id))
 
 
 def token_count(batch: dict[str, torch.Tensor]) -> int:
     """The real (non-padding) input tokens of a padded or packed batch."""
     mask = batch.get("attention_mask")
-    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+    return int(mask.sum()) if mask is not None else int(batch.get("tokens", batch["input_ids"].numel()))
 
 
 def use_packing(model: nn.Module, examples: Sequence[Example], batching: str) -> bool:
@@ -91,7 +91,8 @@ def use_packing(model: nn.Module, examples: Sequence[Example], batching: str) ->
 def packs_correctly(model: nn.Module, examples: Sequence[Example], probe_tokens: int = 12) -> bool:
     """Whether the model's logits for two examples packed into one row equal their logits run one by one, checked on
     the first probe_tokens tokens of two examples in eval mode (a few milliseconds)."""
-    rows = [Example(e.input_ids[:probe_tokens], e.labels[:probe_tokens]) for e in examples[:2]]
+    rows = sorted((Example(e.input_ids[:probe_tokens], e.labels[:probe_tokens]) for e in examples[:2]),
+                  key=lambda e: -len(e.input_ids))  # the order collate_packed puts them in
     if len(rows) < 2:
         return True  # one example per batch: nothing to keep apart
     device = next(model.parameters()).device
