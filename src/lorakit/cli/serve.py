@@ -59,7 +59,8 @@ class ServeOptions(Schema):
     """Most prompt tokens prefilled between two decode steps of running requests, so that a long prompt never
     stalls their streams for long (null: the engine's default)."""
     threads: int | None = Field(None, ge=1)
-    """Torch CPU threads (null: torch's choice)."""
+    """Torch CPU threads for the model (null: one per usable core but one, which is left to HTTP and its clients; on
+    two cores, one thread keeps its speed beside another busy process where two lose most of theirs: BENCHMARKS.md)."""
     max_model_len: int | None = Field(None, ge=1)
     """Context length limit in tokens (null: the model's)."""
     max_body: float = Field(4.0, gt=0)
@@ -127,6 +128,12 @@ def parse_adapters(items: list[str]) -> dict[str, Path]:
     return out
 
 
+def default_threads() -> int:
+    """The model's CPU threads when --threads is not given: the usable cores but one (at least one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
+
+
 def build_service(o: ServeOptions):
     """The Service that `lorakit serve` would serve (model loaded, adapters loaded or merged); starts nothing."""
     import torch
@@ -143,9 +150,9 @@ def build_service(o: ServeOptions):
         raise ConfigError(f"--merge serves exactly one adapter; got {len(adapters)} --adapter options")
     if o.merge and o.adapter_root:
         raise ConfigError("--merge cannot load adapters at runtime; drop --adapter-root")
-    if o.threads:
-        torch.set_num_threads(o.threads)
     device = resolve_device(o.device)
+    if o.threads or device.type == "cpu":
+        torch.set_num_threads(o.threads or default_threads())
     model, tokenizer = load(o.model, dtype=torch.float32 if o.dtype == "auto" else getattr(torch, o.dtype))
     if o.dtype == "auto" and device.type == "cpu" and unsupported(model) is None:
         model = model.to(torch.bfloat16)
