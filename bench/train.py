@@ -2,11 +2,15 @@
 
     python bench/train.py [--repeats 3] [--steps 1] [--random]
     python bench/train.py --e2e ../shared/data/e2e [--config configs/e2e-smollm2-lora.yaml] [--batches 24]
+    python bench/train.py --contention 1 [--threads N] [--precision fp32] [--repeats 3] [--steps 2]
 
 --e2e: real E2E batches as the recipe trains them (its config's model, LoRA, batch size, max_length, precision),
 padded vs packed (train.batching): two copies of the prepared model train on the same batches in turns, one step
 each; prints real (non-padding) tokens/s of each, the positions computed, and both runs' losses (they agree up to
 rounding and dropout masks, which are drawn per position).
+
+--contention K: lorakit LoRA steps quiet and beside K busy-loop processes (pinned to no core), in interleaved
+rounds (the order alternates): median tokens/s of each and the share kept.
 
 Configurations: {lorakit, peft, full} x {fp32, bf16 autocast}, plus lorakit-bf16w: bf16 autocast with the frozen
 Linear weights stored in bf16 (TrainConfig.frozen_bf16).
@@ -229,6 +233,24 @@ def e2e_batching(data: str, config_path: str, batches: int) -> dict:
     return out
 
 
+def contention(busy: int, repeats: int, steps: int, random_weights: bool, precision: str) -> dict:
+    """lorakit LoRA tokens/s quiet and beside `busy` busy loops (see the module docstring)."""
+    from serve import busy_loops  # bench/serve.py, beside this script
+
+    runner = Runner("lorakit", precision, prepare("lorakit", random_weights, precision))
+    runner.step()  # warm-up
+    runs: dict[str, list[float]] = {"quiet": [], "shared": []}
+    for r in range(repeats):
+        for mode in ("quiet", "shared") if r % 2 == 0 else ("shared", "quiet"):
+            with busy_loops(busy if mode == "shared" else 0):
+                runs[mode].append(runner.tokens_per_s(steps))
+    quiet, shared = statistics.median(runs["quiet"]), statistics.median(runs["shared"])
+    return {"busy_loops": busy, "precision": precision, "threads": torch.get_num_threads(), "repeats": repeats,
+            "steps_per_repeat": steps, "quiet_tokens_per_s": round(quiet, 1), "shared_tokens_per_s": round(shared, 1),
+            "kept (goal >= 0.4)": round(shared / quiet, 3),
+            "runs": {k: [round(v, 1) for v in vs] for k, vs in runs.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -238,7 +260,15 @@ def main() -> None:
     parser.add_argument("--e2e", metavar="DIR", help="E2E data directory: time padded vs packed real batches")
     parser.add_argument("--config", default="configs/e2e-smollm2-lora.yaml", help="the recipe for --e2e")
     parser.add_argument("--batches", type=int, default=24, help="timed batches per run for --e2e")
+    parser.add_argument("--contention", type=int, metavar="K", help="LoRA steps quiet and beside K busy loops")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "bf16w"), help="for --contention")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.contention:
+        print(json.dumps(contention(args.contention, args.repeats, args.steps, args.random, args.precision), indent=2))
+        return
     if args.e2e:
         print(json.dumps(e2e_batching(args.e2e, args.config, args.batches), indent=2))
         return

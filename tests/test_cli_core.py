@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -121,6 +122,16 @@ def test_text_options_keep_the_text_as_typed():
 
     args = parse("train", ["--run_dir", "2026", "--model.name", "1.0", "--data.train", "null", "--data.dev", "null"])
     assert given(args, RunConfig) == {"run_dir": "2026", "model.name": "1.0", "data.train": "null", "data.dev": None}
+
+
+@pytest.mark.parametrize("argv, policy", [(["train", "missing.yaml"], "PASSIVE"),
+                                          (["info", "--model", "missing"], None)])
+def test_training_commands_let_openmp_threads_sleep_at_barriers(argv, policy, tmp_path):
+    code = "import os, sys; from lorakit.cli import main; main(sys.argv[1:]); print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code, *argv], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[0] == str(policy)
 
 
 def main_raising(argv):

@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    if args.command in TRAINING_COMMANDS and "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loads OpenMP
     try:
         with quiet(args.no_progress):
             return int(args._run(args) or 0)
@@ -74,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lorakit {args.command}: interrupted", file=sys.stderr)
         return 130
 
+
+TRAINING_COMMANDS = ("train", "compare", "quickstart")
+"""Commands whose OpenMP threads sleep at barriers instead of spinning (OMP_WAIT_POLICY=PASSIVE, unless set): beside
+another busy process, spinning threads wait for a descheduled peer and a training step loses most of its speed;
+sleeping ones lose less, and nothing when the CPU is quiet (BENCHMARKS.md). `lorakit serve` leaves a core free
+instead (cli/serve.py)."""
 
 QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
 """What --no-progress sets before a command imports tqdm and transformers, which read these at import."""
