@@ -90,16 +90,23 @@ def start(target, *args) -> threading.Thread:
     return thread
 
 
+def stream_and_whole(server, stream_tokens: int, whole_tokens: int) -> tuple[list[threading.Thread], list, list]:
+    """A streamed and a whole completion running on the server (both admitted): their threads, the stream's events
+    and the whole response (filled in as they arrive)."""
+    events, first, answers = [], threading.Event(), []
+    threads = [start(stream, server.url, stream_tokens, events, first), start(whole, server.url, whole_tokens, answers)]
+    assert first.wait(30)
+    deadline = time.monotonic() + 30
+    while server.running() < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return threads, events, answers
+
+
 def test_sigint_lets_requests_in_flight_finish_refuses_new_ones_and_exits_0(model_dir):
     server = Server(model_dir, "--served-model-name", "base")
     try:
-        events, first, answers = [], threading.Event(), []
-        threads = [start(stream, server.url, 200, events, first), start(whole, server.url, 150, answers)]
-        assert first.wait(30)
-        deadline = time.monotonic() + 30
-        while server.running() < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        threads, events, answers = stream_and_whole(server, 200, 150)
         server.process.send_signal(signal.SIGINT)
         time.sleep(0.5)
         with pytest.raises(httpx.ConnectError):  # the listener is closed while the two still run
@@ -117,13 +124,7 @@ def test_sigint_lets_requests_in_flight_finish_refuses_new_ones_and_exits_0(mode
 def test_requests_still_running_after_the_drain_timeout_end_with_an_error_and_exit_143(model_dir):
     server = Server(model_dir, "--served-model-name", "base", "--drain-timeout", "1")
     try:
-        events, first, answers = [], threading.Event(), []
-        threads = [start(stream, server.url, 4000, events, first), start(whole, server.url, 4000, answers)]
-        assert first.wait(30)
-        deadline = time.monotonic() + 30
-        while server.running() < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        threads, events, answers = stream_and_whole(server, 4000, 4000)
         server.process.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(60)

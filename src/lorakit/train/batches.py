@@ -61,9 +61,8 @@ def batcher(packed: bool, pad_id: int):
 
 
 def token_count(batch: dict[str, torch.Tensor]) -> int:
-    """The real (non-padding) input tokens of a padded or packed batch."""
-    mask = batch.get("attention_mask")
-    return int(mask.sum()) if mask is not None else int(batch.get("tokens", batch["input_ids"].numel()))
+    """The real (non-padding) input tokens of a padded batch (its attention mask) or a packed one (its count)."""
+    return int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["tokens"])
 
 
 def use_packing(model: nn.Module, examples: Sequence[Example], batching: str) -> bool:

@@ -70,9 +70,9 @@ class TrainConfig(Schema):
     eval_batch_size: int = Field(16, ge=1)
     """Examples per batch when computing dev loss and task metrics."""
     batching: Literal["auto", "padded", "packed"] = "auto"
-    """How a batch's examples become tensors: padded to the longest, or packed into one row with no padding
-    (generation data; the same loss, fewer positions computed); auto packs where the model keeps packed examples
-    apart (checked on two examples before training)."""
+    """How a batch's examples become tensors: padded to the longest, or packed several to a row without padding
+    between them (generation data; the same loss, fewer positions computed); auto packs where the model keeps
+    packed examples apart (checked on two examples before training)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
