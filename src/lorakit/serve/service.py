@@ -38,7 +38,7 @@ from lorakit.serve.responses import (
     sse_error,
     usage_chunk,
 )
-from lorakit.serve.sampling import SamplingParams
+from lorakit.serve.sampling import SEEDS, SamplingParams
 from lorakit.serve.text import TokenText
 
 log = logging.getLogger("lorakit.serve")
@@ -216,7 +216,7 @@ class Service:
                 prompt_logprobs: int | None = None) -> SamplingParams:
         # With n > 1 and a seed, choice k uses seed + k: reproducible, yet the n samples differ. A negative seed
         # is read as its two's complement, as torch's manual_seed does.
-        seed = None if req.seed is None else (req.seed + k) % 2**64
+        seed = None if req.seed is None else (req.seed + k) % SEEDS
         temperature = 1.0 if req.temperature is None else req.temperature
         try:
             return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=req.top_p or 1.0,
